@@ -1,0 +1,152 @@
+"""Architectures as stage tables, expanded into :class:`~pssnet.layout.Layout` by one loop each.
+
+Searchable widths (one multiplier each, in this order):
+
+- ``mobilenet_v1`` (14): the stem and each of the 13 depthwise-separable blocks (its output).
+- ``mobilenet_v2`` (9): the stem, the seven inverted-residual stages (all blocks of a stage
+  share the output width), the final 1x1 conv. A block's expansion width is 6x its actual
+  input width.
+- ``resnet50`` (9): the stem, then for each of the four stages the bottleneck output width
+  (shared by the stage because of the residual adds) and the bottleneck mid width
+  (``layer1_mid``, ``layer1_out``, ...).
+
+Small-input variants (``small_input=True``, for 28-32 px images) keep the structure but use a
+stride-1 stem (ResNet: a 3x3 stride-1 stem without max-pool) and resolutions 24..32 step 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from .layout import BlockSpec, ConvSpec, Layout, Width
+
+# (channels, stride) of MobileNetV1's 13 depthwise-separable blocks.
+MOBILENET_V1_BLOCKS = (
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+)
+
+# (expansion, channels, blocks, stride) of MobileNetV2's seven stages, as in torchvision.
+MOBILENET_V2_STAGES = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+    (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+)
+
+# (mid channels, out channels, blocks, stride) of ResNet-50's four bottleneck stages.
+RESNET50_STAGES = ((64, 256, 3, 1), (128, 512, 4, 2), (256, 1024, 6, 2), (512, 2048, 3, 2))
+
+
+def _conv_block(c_in: Width, c_out: Width, kernel: int, stride: int, act: str) -> BlockSpec:
+    return BlockSpec("conv", (ConvSpec(c_in, c_out, kernel, stride, act=act),))
+
+
+def mobilenet_v1_layout(num_classes: int, in_chans: int, small_input: bool) -> Layout:
+    blocks = [_conv_block(Width.constant(in_chans), Width(0), 3, 1 if small_input else 2, "relu")]
+    for group, (_, stride) in enumerate(MOBILENET_V1_BLOCKS, start=1):
+        prev = Width(group - 1)
+        blocks.append(BlockSpec("dwsep", (
+            ConvSpec(prev, prev, 3, stride, depthwise=True),
+            ConvSpec(prev, Width(group), 1),
+        )))
+    return Layout(
+        name="mobilenet_v1",
+        group_names=("stem",) + tuple(f"block{i}" for i in range(1, 14)),
+        base_channels=(32,) + tuple(c for c, _ in MOBILENET_V1_BLOCKS),
+        blocks=tuple(blocks),
+        classifier_in=Width(13),
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+def _inverted_residual(c_in: Width, c_out: Width, expansion: int, stride: int) -> BlockSpec:
+    mid = Width(c_in.group, expansion)
+    body = [] if expansion == 1 else [ConvSpec(c_in, mid, 1, act="relu6")]
+    body += [
+        ConvSpec(mid, mid, 3, stride, depthwise=True, act="relu6"),
+        ConvSpec(mid, c_out, 1, act=None),
+    ]
+    # Same group in and out means equal channels in every subnet, so the skip is always valid.
+    return BlockSpec("inverted_residual", tuple(body), residual=stride == 1 and c_in == c_out)
+
+
+def mobilenet_v2_layout(num_classes: int, in_chans: int, small_input: bool) -> Layout:
+    head = len(MOBILENET_V2_STAGES) + 1
+    blocks = [_conv_block(Width.constant(in_chans), Width(0), 3, 1 if small_input else 2, "relu6")]
+    prev = Width(0)
+    for group, (expansion, _, repeats, stride) in enumerate(MOBILENET_V2_STAGES, start=1):
+        for i in range(repeats):
+            blocks.append(_inverted_residual(prev, Width(group), expansion, stride if i == 0 else 1))
+            prev = Width(group)
+    blocks.append(_conv_block(prev, Width(head), 1, 1, "relu6"))
+    return Layout(
+        name="mobilenet_v2",
+        group_names=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
+        base_channels=(32,) + tuple(c for _, c, _, _ in MOBILENET_V2_STAGES) + (1280,),
+        blocks=tuple(blocks),
+        classifier_in=Width(head),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        dropout=0.2,
+    )
+
+
+def _bottleneck(c_in: Width, mid: Width, c_out: Width, stride: int, first: bool) -> BlockSpec:
+    body = (
+        ConvSpec(c_in, mid, 1),
+        ConvSpec(mid, mid, 3, stride),
+        ConvSpec(mid, c_out, 1, act=None),
+    )
+    shortcut = ConvSpec(c_in, c_out, 1, stride, act=None) if first else None
+    return BlockSpec("bottleneck", body, residual=True, shortcut=shortcut, post_act="relu")
+
+
+def resnet50_layout(num_classes: int, in_chans: int, small_input: bool) -> Layout:
+    if small_input:
+        stem = _conv_block(Width.constant(in_chans), Width(0), 3, 1, "relu")
+    else:
+        stem = BlockSpec("conv", (ConvSpec(Width.constant(in_chans), Width(0), 7, 2),), max_pool=True)
+    blocks = [stem]
+    prev = Width(0)
+    names, bases = ["stem"], [64]
+    for stage, (mid_c, out_c, repeats, stride) in enumerate(RESNET50_STAGES, start=1):
+        mid, out = Width(len(names)), Width(len(names) + 1)
+        names += [f"layer{stage}_mid", f"layer{stage}_out"]
+        bases += [mid_c, out_c]
+        for i in range(repeats):
+            blocks.append(_bottleneck(prev, mid, out, stride if i == 0 else 1, first=i == 0))
+            prev = out
+    return Layout(
+        name="resnet50",
+        group_names=tuple(names),
+        base_channels=tuple(bases),
+        blocks=tuple(blocks),
+        classifier_in=prev,
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """How to lay out an architecture, and its default resolution ranges (min, max, step)."""
+
+    layout: Callable[[int, int, bool], Layout]
+    imagenet_resolutions: tuple[int, int, int] = (128, 224, 8)
+    small_resolutions: tuple[int, int, int] = (24, 32, 4)
+
+
+ARCHITECTURES: Mapping[str, ArchInfo] = MappingProxyType({
+    "mobilenet_v1": ArchInfo(mobilenet_v1_layout),
+    "mobilenet_v2": ArchInfo(mobilenet_v2_layout),
+    "resnet50": ArchInfo(resnet50_layout),
+})
+
+
+def arch_info(name: str) -> ArchInfo:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None

@@ -1,0 +1,164 @@
+"""Search space: what a subnet is, how to sample one, and how to validate one.
+
+A subnet is an input resolution plus one width multiplier per searchable stage. It is plain,
+frozen data (hashable, JSON-safe) so that pools, checkpoints and bundles never need to
+evaluate or unpickle anything to know which subnet they hold.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+# Multipliers live on a 0.001 grid (the paper samples 3 decimals); storing them rounded keeps
+# equality and hashing exact after a JSON round trip.
+WIDTH_DECIMALS = 3
+_WIDTH_SCALE = 10**WIDTH_DECIMALS
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of ``divisor``, never below it, never >10% below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def make_divisible_array(values: np.ndarray, divisor: int = 8) -> np.ndarray:
+    """Vectorised :func:`make_divisible` (same arithmetic, int64 result)."""
+    rounded = np.maximum(divisor, np.floor(values + divisor / 2).astype(np.int64) // divisor * divisor)
+    return np.where(rounded < 0.9 * values, rounded + divisor, rounded)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One member of a supernet: input resolution and a width multiplier per stage."""
+
+    resolution: int
+    widths: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resolution, bool) or int(self.resolution) != self.resolution:
+            raise ValueError(f"subnet resolution must be an integer, got {self.resolution!r}")
+        object.__setattr__(self, "resolution", int(self.resolution))
+        object.__setattr__(self, "widths", tuple(round(float(w), WIDTH_DECIMALS) for w in self.widths))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; :meth:`from_dict` inverts it exactly."""
+        return {"resolution": self.resolution, "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Subnet":
+        try:
+            return cls(int(data["resolution"]), tuple(float(w) for w in data["widths"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
+
+    @property
+    def key(self) -> str:
+        """Canonical short string, usable as a JSON object key or a file name."""
+        return f"r{self.resolution}-" + "-".join(f"{w:.{WIDTH_DECIMALS}f}" for w in self.widths)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Resolutions ``min_resolution..max_resolution`` (step) and per-stage multipliers."""
+
+    stage_names: tuple[str, ...]
+    min_resolution: int
+    max_resolution: int
+    resolution_step: int = 8
+    min_width: float = 0.75
+    max_width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.stage_names:
+            raise ValueError("a search space needs at least one stage")
+        if not 0 < self.min_resolution <= self.max_resolution or self.resolution_step <= 0:
+            raise ValueError(
+                f"bad resolution range {self.min_resolution}:{self.max_resolution}:{self.resolution_step}; "
+                "need 0 < min <= max and step > 0"
+            )
+        if not 0 < self.min_width <= self.max_width:
+            raise ValueError(f"bad width range [{self.min_width}, {self.max_width}]; need 0 < min <= max")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_names)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(range(self.min_resolution, self.max_resolution + 1, self.resolution_step))
+
+    def _width_grid(self) -> tuple[int, int]:
+        return round(self.min_width * _WIDTH_SCALE), round(self.max_width * _WIDTH_SCALE)
+
+    def largest(self) -> Subnet:
+        return Subnet(self.resolutions[-1], (self.max_width,) * self.num_stages)
+
+    def smallest(self) -> Subnet:
+        return Subnet(self.resolutions[0], (self.min_width,) * self.num_stages)
+
+    def sample(self, rng: random.Random) -> Subnet:
+        """A subnet with resolution and every multiplier drawn uniformly."""
+        lo, hi = self._width_grid()
+        widths = tuple(rng.randint(lo, hi) / _WIDTH_SCALE for _ in self.stage_names)
+        return Subnet(rng.choice(self.resolutions), widths)
+
+    def sample_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` uniform subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``."""
+        lo, hi = self._width_grid()
+        res = rng.choice(np.asarray(self.resolutions, dtype=np.int64), size=n)
+        widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / _WIDTH_SCALE
+        return res, widths
+
+    def validate(self, subnet: Subnet) -> Subnet:
+        """Return ``subnet`` if it belongs to this space, else raise a ValueError naming the fault."""
+        if subnet.resolution not in self.resolutions:
+            raise ValueError(
+                f"resolution {subnet.resolution} is not in the space "
+                f"({self.min_resolution}..{self.max_resolution} step {self.resolution_step})"
+            )
+        if len(subnet.widths) != self.num_stages:
+            raise ValueError(
+                f"subnet has {len(subnet.widths)} widths but the space has {self.num_stages} stages "
+                f"({', '.join(self.stage_names)})"
+            )
+        for name, w in zip(self.stage_names, subnet.widths):
+            if not self.min_width - 1e-9 <= w <= self.max_width + 1e-9:
+                raise ValueError(
+                    f"width {w} of stage '{name}' is outside [{self.min_width}, {self.max_width}]"
+                )
+        return subnet
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage_names": list(self.stage_names),
+            "min_resolution": self.min_resolution,
+            "max_resolution": self.max_resolution,
+            "resolution_step": self.resolution_step,
+            "min_width": self.min_width,
+            "max_width": self.max_width,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSpace":
+        return cls(**{**data, "stage_names": tuple(data["stage_names"])})
+
+
+def subnets_from_arrays(resolutions: np.ndarray, widths: np.ndarray) -> list[Subnet]:
+    """Turn array rows (as from :meth:`SearchSpace.sample_arrays`) into :class:`Subnet` objects."""
+    return [Subnet(int(r), tuple(w)) for r, w in zip(resolutions.tolist(), widths.tolist())]
+
+
+def subnets_to_arrays(subnets: Sequence[Subnet]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`subnets_from_arrays`."""
+    res = np.asarray([s.resolution for s in subnets], dtype=np.int64)
+    widths = np.asarray([s.widths for s in subnets], dtype=np.float64)
+    return res, widths

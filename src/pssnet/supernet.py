@@ -1,0 +1,181 @@
+"""Slimmable supernets built from a :class:`~pssnet.layout.Layout`, and static extraction."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architectures import arch_info
+from .layout import BlockSpec, ConvSpec, Layout
+from .ops import ActiveState, SlimBatchNorm2d, SlimConv2d, SlimLinear, activation
+from .space import SearchSpace, Subnet
+
+
+class ConvBNAct(nn.Module):
+    """Convolution, BatchNorm, activation: slimmable until :meth:`to_static` freezes it."""
+
+    def __init__(self, spec: ConvSpec, max_channels: tuple[int, ...], state: ActiveState) -> None:
+        super().__init__()
+        self.spec = spec
+        self.state = state
+        max_in, max_out = spec.in_width.resolve(max_channels), spec.out_width.resolve(max_channels)
+        self.conv: nn.Module = SlimConv2d(max_in, max_out, spec, state)
+        self.bn: nn.Module = SlimBatchNorm2d(max_out, state)
+        self.act = activation(spec.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def to_static(self) -> "ConvBNAct":
+        static = copy.copy(self)  # shallow: shares nothing mutable once the leaves are replaced
+        static._modules = dict(self._modules)
+        c_in = self.spec.in_width.resolve(self.state.channels)
+        c_out = self.spec.out_width.resolve(self.state.channels)
+        static.conv = self.conv.to_static(c_in)
+        static.bn = self.bn.to_static(c_out)
+        del static.state, static.spec
+        return static
+
+
+class Block(nn.Module):
+    """Body convolutions, optional residual (identity or projection), optional max-pool."""
+
+    def __init__(self, spec: BlockSpec, max_channels: tuple[int, ...], state: ActiveState) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*[ConvBNAct(c, max_channels, state) for c in spec.body])
+        self.shortcut: Optional[nn.Module] = (
+            ConvBNAct(spec.shortcut, max_channels, state) if spec.shortcut is not None else None
+        )
+        self.residual = spec.residual
+        self.post_act = activation(spec.post_act)
+        self.pool: nn.Module = nn.MaxPool2d(3, 2, 1) if spec.max_pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.residual:
+            out = out + (x if self.shortcut is None else self.shortcut(x))
+        return self.pool(self.post_act(out))
+
+
+def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    if x.shape[-2] == resolution and x.shape[-1] == resolution:
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+class StaticSubnet(nn.Module):
+    """A standalone subnet: plain ``torch.nn`` layers with sliced weights, fixed resolution."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, resolution: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+        self.resolution = resolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(_resize(x, self.resolution))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Supernet(nn.Module):
+    """A slimmable network: ``set_subnet`` picks the active subnet, ``forward`` runs it."""
+
+    def __init__(self, layout: Layout, space: SearchSpace) -> None:
+        super().__init__()
+        if space.num_stages != len(layout.group_names):
+            raise ValueError(f"space has {space.num_stages} stages, {layout.name} has {len(layout.group_names)}")
+        self.layout, self.space = layout, space
+        largest = space.largest()
+        max_channels = layout.group_channels(largest.widths)
+        self.state = ActiveState(max_channels, largest.resolution)
+        self.features = nn.Sequential(*[Block(b, max_channels, self.state) for b in layout.blocks])
+        self.classifier = nn.Sequential(
+            nn.Dropout(layout.dropout),
+            SlimLinear(layout.classifier_in.resolve(max_channels), layout.num_classes),
+        )
+        self._channels_cache: dict[tuple[float, ...], tuple[int, ...]] = {}
+        self.active_subnet = largest
+
+    def set_subnet(self, subnet: Subnet) -> None:
+        """Activate ``subnet`` (validated against the space). Cheap: no module traversal."""
+        channels = self._channels_cache.get(subnet.widths)
+        if channels is None:
+            self.space.validate(subnet)
+            channels = self.layout.group_channels(subnet.widths)
+            self._channels_cache[subnet.widths] = channels
+        elif subnet.resolution not in self.space.resolutions:
+            self.space.validate(subnet)
+        self.state.channels = channels
+        self.state.resolution = subnet.resolution
+        self.active_subnet = subnet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(_resize(x, self.state.resolution))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def __getstate__(self):  # the per-instance cache is derivable; keep pickles/deepcopies small
+        state = self.__dict__.copy()
+        state["_channels_cache"] = {}
+        return state
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    """Copy of ``module`` in which every slimmable part is replaced by its static form."""
+    if isinstance(module, ConvBNAct):
+        return module.to_static()
+    clone = copy.copy(module)
+    clone._modules = {name: _freeze(child) for name, child in module._modules.items()}
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    return clone
+
+
+def extract_subnet(net: Supernet, subnet: Subnet) -> StaticSubnet:
+    """A standalone model of ``subnet`` with physically sliced weights and BN statistics.
+
+    Its outputs (eval mode) equal the supernet's for the same subnet. The supernet's active
+    subnet is restored afterwards.
+    """
+    previous = net.active_subnet
+    net.set_subnet(subnet)
+    try:
+        features = _freeze(net.features)
+        c_in = net.layout.classifier_in.resolve(net.state.channels)
+        dropout, linear = net.classifier
+        classifier = nn.Sequential(nn.Dropout(dropout.p), linear.to_static(c_in))
+        static = StaticSubnet(features, classifier, subnet.resolution)
+    finally:
+        net.set_subnet(previous)
+    static.train(net.training)
+    return static
+
+
+def create_supernet(
+    arch: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    small_input: bool = False,
+    resolutions: tuple[int, int, int] | None = None,
+    width_range: tuple[float, float] = (0.75, 1.0),
+) -> Supernet:
+    """Create a registered supernet by name (see :data:`pssnet.architectures.ARCHITECTURES`).
+
+    ``resolutions`` is ``(min, max, step)``; the default depends on ``small_input``.
+    """
+    if num_classes < 1 or in_chans < 1:
+        raise ValueError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
+    info = arch_info(arch)
+    layout = info.layout(num_classes, in_chans, small_input)
+    lo, hi, step = resolutions or (info.small_resolutions if small_input else info.imagenet_resolutions)
+    space = SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
+    net = Supernet(layout, space)
+    # Plain data that recreates this supernet (stored in checkpoints and bundles).
+    net.config = {
+        "arch": arch, "num_classes": num_classes, "in_chans": in_chans, "small_input": small_input,
+        "resolutions": [lo, hi, step], "width_range": list(width_range),
+    }
+    return net
