@@ -10,6 +10,10 @@ Searchable widths (one multiplier each, in this order):
   (shared by the stage because of the residual adds) and the bottleneck mid width
   (``layer1_mid``, ``layer1_out``, ...).
 
+Channels are ``make_divisible(base * multiplier, 8)``. In the paper's range [0.75, 1.0] this
+leaves MobileNetV2's 16- and 24-channel stages (``stage1``, ``stage2``) at full width for every
+multiplier; ``pssnet info`` lists the channel counts each stage can take.
+
 Small-input variants (``small_input=True``, for 28-32 px images) keep the structure but use a
 stride-1 stem (ResNet: a 3x3 stride-1 stem without max-pool) and resolutions 24..32 step 4.
 """

@@ -103,3 +103,8 @@ class Layout:
         if len(widths) != len(self.base_channels):
             raise ValueError(f"{self.name} has {len(self.base_channels)} width multipliers, got {len(widths)}")
         return tuple(make_divisible(base * w) for base, w in zip(self.base_channels, widths))
+
+    def channel_choices(self, min_width: float, max_width: float) -> tuple[tuple[int, ...], ...]:
+        """Every channel count each group can take for multipliers on the 0.001 grid."""
+        grid = [w / 1000 for w in range(round(min_width * 1000), round(max_width * 1000) + 1)]
+        return tuple(tuple(sorted({make_divisible(base * w) for w in grid})) for base in self.base_channels)

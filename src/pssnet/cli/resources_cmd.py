@@ -26,9 +26,11 @@ def run(args: argparse.Namespace) -> int:
     net = create_supernet(args.arch, args.num_classes, args.in_chans, args.small_input)
     space = net.space
     rows = {"smallest": space.smallest(), "largest": space.largest()}
+    choices = net.layout.channel_choices(space.min_width, space.max_width)
     info = {
         "arch": args.arch,
         "space": space.to_dict(),
+        "channel_choices": dict(zip(space.stage_names, choices)),
         **{name: {"subnet": s.to_dict(), "flops_m": count_flops(net, s), "params": count_params(net, s)}
            for name, s in rows.items()},
     }
@@ -37,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.arch}: {space.num_stages} width multipliers in [{space.min_width}, {space.max_width}], "
           f"resolutions {space.min_resolution}..{space.max_resolution} step {space.resolution_step}")
-    print("stages: " + ", ".join(space.stage_names))
+    print("stage channel counts:")
+    for name, counts in info["channel_choices"].items():
+        print(f"  {name:<12} {', '.join(map(str, counts))}")
     for name, s in rows.items():
         print(f"{name:>8}: {count_flops(net, s):9.2f} MFLOPs  {count_params(net, s):>10,d} params  ({s.key})")
     return 0
