@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -30,15 +31,13 @@ class ConvBNAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
-    def to_static(self) -> "ConvBNAct":
-        static = copy.copy(self)  # shallow: shares nothing mutable once the leaves are replaced
-        static._modules = dict(self._modules)
+    def to_static(self) -> nn.Sequential:
+        """Plain ``conv``/``bn``/``act`` layers at the active widths (same state-dict names)."""
         c_in = self.spec.in_width.resolve(self.state.channels)
         c_out = self.spec.out_width.resolve(self.state.channels)
-        static.conv = self.conv.to_static(c_in)
-        static.bn = self.bn.to_static(c_out)
-        del static.state, static.spec
-        return static
+        return nn.Sequential(OrderedDict(
+            conv=self.conv.to_static(c_in), bn=self.bn.to_static(c_out), act=copy.deepcopy(self.act),
+        ))
 
 
 class Block(nn.Module):
@@ -117,22 +116,6 @@ class Supernet(nn.Module):
         x = self.features(_resize(x, self.state.resolution))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-    def __getstate__(self):  # the per-instance cache is derivable; keep pickles/deepcopies small
-        state = self.__dict__.copy()
-        state["_channels_cache"] = {}
-        return state
-
-
-def _freeze(module: nn.Module) -> nn.Module:
-    """Copy of ``module`` in which every slimmable part is replaced by its static form."""
-    if isinstance(module, ConvBNAct):
-        return module.to_static()
-    clone = copy.copy(module)
-    clone._modules = {name: _freeze(child) for name, child in module._modules.items()}
-    clone._parameters = dict(module._parameters)
-    clone._buffers = dict(module._buffers)
-    return clone
-
 
 def extract_subnet(net: Supernet, subnet: Subnet) -> StaticSubnet:
     """A standalone model of ``subnet`` with physically sliced weights and BN statistics.
@@ -143,7 +126,11 @@ def extract_subnet(net: Supernet, subnet: Subnet) -> StaticSubnet:
     previous = net.active_subnet
     net.set_subnet(subnet)
     try:
-        features = _freeze(net.features)
+        features = copy.deepcopy(net.features)
+        for parent in list(features.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, ConvBNAct):
+                    setattr(parent, name, child.to_static())
         c_in = net.layout.classifier_in.resolve(net.state.channels)
         dropout, linear = net.classifier
         classifier = nn.Sequential(nn.Dropout(dropout.p), linear.to_static(c_in))
