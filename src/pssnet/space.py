@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -92,7 +93,7 @@ class SearchSpace:
     def num_stages(self) -> int:
         return len(self.stage_names)
 
-    @property
+    @cached_property
     def resolutions(self) -> tuple[int, ...]:
         return tuple(range(self.min_resolution, self.max_resolution + 1, self.resolution_step))
 
