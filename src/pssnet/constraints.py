@@ -1,0 +1,202 @@
+"""Resource constraints: budget grids, bucket arithmetic, and measuring any resource kind.
+
+A constraint is one resource kind with a grid of budget targets ``start:stop:step``. A value's
+bucket is the nearest grid point, ties rounding *up* (never to even):
+``floor((value - offset) / step + 0.5) * step + offset`` with ``offset = start mod step``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from .errors import UserError
+from .layout import Layout
+from .resources import count_flops, count_params, flops_array, params_array
+from .space import SearchSpace, Subnet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .latency import LatencyTable
+
+KINDS = ("flops", "params", "latency_cpu", "latency_gpu")
+UNITS = {"flops": "MFLOPs", "params": "M params", "latency_cpu": "ms", "latency_gpu": "ms"}
+LATENCY_DEVICES = {"latency_cpu": "cpu", "latency_gpu": "cuda"}
+
+# Grid values are rounded to this many decimals so that targets computed two ways compare equal.
+_DECIMALS = 6
+# Relative slack that keeps exact ties (e.g. 115 with step 10) from rounding down by float error.
+_TIE_EPS = 1e-9
+
+ArrayLike = Union[float, np.ndarray]
+
+
+def _clean(x: ArrayLike) -> ArrayLike:
+    out = np.round(np.asarray(x, dtype=np.float64), _DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return float(out) if out.ndim == 0 else out
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One resource kind and its budget grid ``start, start + step, ..., stop``."""
+
+    kind: str
+    start: float
+    stop: float
+    step: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown constraint type '{self.kind}'; use one of {', '.join(KINDS)}")
+        for name in ("start", "stop", "step"):
+            value = getattr(self, name)
+            if not math.isfinite(float(value)):
+                raise UserError(f"constraint {self.kind}: {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.step <= 0 or self.start < 0 or self.stop < self.start:
+            raise UserError(
+                f"bad constraint range {self.kind}:{self.start:g}:{self.stop:g}:{self.step:g}; "
+                "need 0 <= START <= STOP and STEP > 0"
+            )
+        if len(self.targets) > 100_000:
+            raise UserError(f"constraint {self.text} has {len(self.targets)} targets; use a larger STEP")
+
+    @classmethod
+    def parse(cls, text: str) -> "Constraint":
+        """Parse ``TYPE:START:STOP:STEP`` (e.g. ``flops:110:570:10``)."""
+        parts = text.strip().split(":")
+        if len(parts) != 4:
+            raise UserError(f"bad constraint '{text}'; write TYPE:START:STOP:STEP, e.g. flops:110:570:10")
+        kind, *numbers = parts
+        try:
+            start, stop, step = (float(n) for n in numbers)
+        except ValueError:
+            raise UserError(f"bad constraint '{text}'; START, STOP and STEP must be numbers, "
+                            "e.g. flops:110:570:10") from None
+        return cls(kind.strip(), start, stop, step)
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}:{self.start:g}:{self.stop:g}:{self.step:g}"
+
+    @property
+    def unit(self) -> str:
+        return UNITS[self.kind]
+
+    @property
+    def offset(self) -> float:
+        return _clean(math.fmod(self.start, self.step))
+
+    @property
+    def targets(self) -> tuple[float, ...]:
+        count = int(math.floor((self.stop - self.start) / self.step * (1 + _TIE_EPS) + _TIE_EPS)) + 1
+        return tuple(_clean(self.start + i * self.step) for i in range(count))
+
+    def bucket_of(self, value: ArrayLike) -> ArrayLike:
+        """The budget bucket of ``value`` (scalar or numpy array), ties rounding up."""
+        v = np.asarray(value, dtype=np.float64)
+        q = (v - self.offset) / self.step + 0.5
+        return _clean(np.floor(q + _TIE_EPS * np.maximum(1.0, np.abs(q))) * self.step + self.offset)
+
+    def target_index(self, value: ArrayLike) -> ArrayLike:
+        """Index into :attr:`targets` of ``value``'s bucket, or -1 when it is off the grid."""
+        bucket = np.asarray(self.bucket_of(value))
+        index = np.rint((bucket - self.start) / self.step).astype(np.int64)
+        index = np.where((index >= 0) & (index < len(self.targets)), index, -1)
+        return int(index) if index.ndim == 0 else index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "start": self.start, "stop": self.stop, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Constraint":
+        return cls(str(data["kind"]), float(data["start"]), float(data["stop"]), float(data["step"]))
+
+
+def target_key(target: float) -> str:
+    """The JSON key of a budget target (``120.0`` -> ``"120.0"``)."""
+    return repr(float(_clean(target)))
+
+
+class ResourceMeter:
+    """Measures any constraint kind of a supernet's subnets (FLOPs, params, table latency)."""
+
+    def __init__(self, net_or_layout, luts: Mapping[str, "LatencyTable"] | None = None) -> None:
+        self.layout: Layout = net_or_layout if isinstance(net_or_layout, Layout) else net_or_layout.layout
+        self.luts: dict[str, "LatencyTable"] = dict(luts or {})
+        for kind, table in self.luts.items():
+            if kind not in LATENCY_DEVICES:
+                raise UserError(f"a latency table was given for '{kind}'; tables are for latency_cpu or latency_gpu")
+            if getattr(table, "device", LATENCY_DEVICES[kind]) != LATENCY_DEVICES[kind]:
+                raise UserError(f"the table given for {kind} was measured on '{table.device}'; "
+                                f"pass a table built on '{LATENCY_DEVICES[kind]}' (pssnet lut build)")
+
+    def _table(self, kind: str) -> "LatencyTable":
+        if kind not in KINDS:
+            raise UserError(f"unknown constraint type '{kind}'; use one of {', '.join(KINDS)}")
+        table = self.luts.get(kind)
+        if table is None:
+            raise UserError(f"{kind} needs a latency table: pass --lut FILE (build one with pssnet lut build)")
+        return table
+
+    def can_measure(self, kind: str) -> bool:
+        return kind in ("flops", "params") or kind in self.luts
+
+    def measure(self, kind: str, subnet: Subnet) -> float:
+        """One subnet's resource value in the kind's unit."""
+        if kind == "flops":
+            return count_flops(self.layout, subnet)
+        if kind == "params":
+            return count_params(self.layout, subnet) / 1e6
+        return float(self._table(kind).predict(self.layout, subnet))
+
+    def measure_arrays(self, kind: str, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`measure` for many subnets given as arrays."""
+        if kind == "flops":
+            return flops_array(self.layout, resolutions, widths)
+        if kind == "params":
+            return params_array(self.layout, resolutions, widths) / 1e6
+        return np.asarray(self._table(kind).predict_arrays(self.layout, resolutions, widths), dtype=np.float64)
+
+    def measure_all(self, subnet: Subnet) -> dict[str, float]:
+        """Every kind this meter can measure (latency only where a table is present)."""
+        return {kind: self.measure(kind, subnet) for kind in KINDS if self.can_measure(kind)}
+
+
+def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: int = 40) -> Constraint:
+    """A grid of about ``count`` round-numbered targets spanning the space's range of ``kind``."""
+    lo = meter.measure(kind, space.smallest())
+    hi = meter.measure(kind, space.largest())
+    raw = max((hi - lo) / max(count - 1, 1), 1e-6)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10 * magnitude)
+    start = math.floor(lo / step + 0.5) * step  # the bucket of the smallest subnet
+    stop = math.floor(hi / step + 0.5) * step
+    return Constraint(kind, _clean(start), _clean(max(stop, start)), _clean(step))
+
+
+def parse_constraints(texts: Sequence[str], meter: ResourceMeter | None = None,
+                      space: SearchSpace | None = None) -> list[Constraint]:
+    """Parse ``TYPE:START:STOP:STEP`` or ``TYPE:auto[:COUNT]`` texts; one constraint per kind."""
+    constraints = []
+    for text in texts:
+        parts = text.strip().split(":")
+        if len(parts) in (2, 3) and parts[1] == "auto":
+            if meter is None or space is None:
+                raise UserError(f"'{text}' needs a model to size its grid; give START:STOP:STEP instead")
+            try:
+                count = int(parts[2]) if len(parts) == 3 else 40
+            except ValueError:
+                raise UserError(f"bad constraint '{text}'; write TYPE:auto:COUNT with an integer COUNT") from None
+            if parts[0] not in KINDS:
+                raise UserError(f"unknown constraint type '{parts[0]}'; use one of {', '.join(KINDS)}")
+            constraints.append(auto_constraint(parts[0], meter, space, max(count, 2)))
+        else:
+            constraints.append(Constraint.parse(text))
+    kinds = [c.kind for c in constraints]
+    duplicates = sorted({k for k in kinds if kinds.count(k) > 1})
+    if duplicates:
+        raise UserError(f"constraint type {', '.join(duplicates)} given more than once; give one range per type")
+    return constraints

@@ -1,0 +1,138 @@
+"""Atomic checkpoints, RNG state capture, and the run-directory reader :func:`load_run`.
+
+Everything is saved as tensors and plain Python data so that ``torch.load(...,
+weights_only=True)`` reads it back; nothing is pickled as objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+RUN_FORMAT = "pssnet-run/1"
+CHECKPOINT_FORMAT = "pssnet-checkpoint/1"
+_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_file(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise UserError(f"cannot read {path} ({type(exc).__name__}); it is not a pssnet checkpoint") from None
+    if not isinstance(data, dict) or data.get("format") not in (RUN_FORMAT, CHECKPOINT_FORMAT):
+        raise UserError(f"{path} is not a pssnet run or checkpoint file")
+    return data
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) generator states as plain data and tensors."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps([np_state[0], np_state[1].tolist(), *np_state[2:]]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> pathlib.Path:
+    return pathlib.Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Checkpoint files of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: Mapping[str, Any], keep: int) -> pathlib.Path:
+    """Write ``checkpoints/ckpt-<iteration>.pt`` atomically and delete all but the last ``keep``."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ckpt-{int(state['iteration']):09d}.pt"
+    save_atomic({**state, "format": CHECKPOINT_FORMAT}, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The newest readable checkpoint of a run, or None when there is none."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_file(path)
+        except UserError:
+            continue  # an unreadable file (e.g. disk full): fall back to the one before
+    return None
+
+
+def run_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The run dictionary (format ``pssnet-run/1``) from a checkpoint's contents."""
+    return {
+        "format": RUN_FORMAT,
+        "model_config": checkpoint["model_config"],
+        "state_dict": checkpoint["state_dict"],
+        "constraints": checkpoint["constraints"],
+        "pools": checkpoint["sampler"]["pools"],
+        "sampler": checkpoint["sampler"]["name"],
+        "data": checkpoint["config"]["data"],
+        "luts": checkpoint["luts"],
+        "seed": checkpoint["config"]["seed"],
+        "iterations": checkpoint["iteration"],
+    }
+
+
+def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a finished (``final.pt``) or interrupted (newest checkpoint) training run."""
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of pssnet train")
+    final = run_dir / "final.pt"
+    if final.is_file():
+        data = load_file(final)
+        if data.get("format") != RUN_FORMAT:
+            raise UserError(f"{final} is not a pssnet run file (format {data.get('format')!r})")
+        return data
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UserError(f"{run_dir} has neither final.pt nor checkpoints; is it a pssnet train --out directory?")
+    return run_record(checkpoint)

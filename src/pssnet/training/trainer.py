@@ -1,0 +1,345 @@
+"""The training loop: data order, optimiser recipe, logging, checkpoints and exact resume.
+
+Exact resume rests on three choices: checkpoints are taken at iteration boundaries; the data
+order of an epoch is a pure function of ``(seed, epoch)`` (so a resumed run skips the batches
+already done without loading them); and every sample's augmentation is seeded from
+``(seed, epoch, position)`` (so it does not depend on workers or on what came before).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..constraints import ResourceMeter, parse_constraints
+from ..data import DataBundle, load_data
+from ..errors import UserError
+from ..ops import SlimConv2d
+from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
+from ..supernet import Supernet, create_supernet
+from .checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, run_record, save_atomic,
+                         save_checkpoint)
+from .config import TrainConfig
+from .distributed import DistContext, digest, init_distributed
+from .step import SandwichStep
+
+
+class _EpochView(Dataset):
+    """This rank's remaining samples of one epoch, each with its own augmentation seed."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, seeds: np.ndarray) -> None:
+        self.dataset, self.indices, self.seeds = dataset, indices, seeds
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        # A private RNG stream per sample; the global generator is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seeds[i]))
+            return self.dataset[int(self.indices[i])]
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of ``epoch`` (the same on every rank and after a resume)."""
+    return np.random.Generator(np.random.PCG64([seed, epoch, 0xDA7A])).permutation(num_samples)
+
+
+def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay conv (not depthwise) and linear weights; not depthwise convs, BatchNorm or biases."""
+    decay_ids = {id(m.weight) for m in net.modules()
+                 if (isinstance(m, (SlimConv2d, nn.Conv2d)) and not _is_depthwise(m)) or isinstance(m, nn.Linear)}
+    decay = [p for p in net.parameters() if id(p) in decay_ids]
+    rest = [p for p in net.parameters() if id(p) not in decay_ids]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    if isinstance(module, SlimConv2d):
+        return module.depthwise
+    return module.groups > 1 and module.groups == module.in_channels
+
+
+def cosine_factor(iteration: int, total: int, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` iterations, then cosine decay to 0 at ``total``."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (iteration - warmup) / max(1, total - warmup)))
+
+
+def _load_luts(paths: list[str]) -> dict[str, Any]:
+    if not paths:
+        return {}
+    from ..latency import LatencyTable
+
+    luts = {}
+    for path in paths:
+        if not pathlib.Path(path).is_file():
+            raise UserError(f"latency table {path} does not exist; build one with pssnet lut build")
+        table = LatencyTable.load(path)
+        kind = "latency_gpu" if table.device == "cuda" else "latency_cpu"
+        if kind in luts:
+            raise UserError(f"two latency tables for {kind} given; pass one --lut per device")
+        luts[kind] = table
+    return luts
+
+
+class Trainer:
+    """Trains a supernet as ``config`` says; :meth:`run` returns the run directory."""
+
+    def __init__(self, config: TrainConfig, ctx: Optional[DistContext] = None) -> None:
+        self.config = config
+        self.ctx = ctx or init_distributed(config.device, config.dist_timeout_minutes)
+        if not config.out:
+            raise UserError("no output directory given; pass --out DIR")
+        self.out = pathlib.Path(config.out)
+        self.checkpoint: dict[str, Any] | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        if resume:
+            self.checkpoint = latest_checkpoint(self.out)
+            if self.checkpoint is None:
+                raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+            return
+        if (self.out / "final.pt").exists() or (self.out / "checkpoints").is_dir():
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+
+    def _build_model(self, data: DataBundle) -> Supernet:
+        c = self.config
+        small = c.small_input if c.small_input is not None else data.image_size <= 64
+        resolutions = tuple(c.resolutions) if c.resolutions else None
+        return create_supernet(c.arch, data.num_classes, data.in_chans, small, resolutions, tuple(c.width_range))
+
+    def _build_maps(self, constraints, meter: ResourceMeter, net: Supernet) -> dict[str, SpaceMap]:
+        c = self.config.sampler
+        if self.checkpoint is not None and self.checkpoint.get("maps"):
+            return {kind: SpaceMap.from_arrays({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in a.items()})
+                    for kind, a in self.checkpoint["maps"].items()}
+        cache = default_cache_dir() if c.map_cache is None else (c.map_cache or None)
+        maps = {}
+        for constraint in constraints:
+            maps[constraint.kind] = build_space_map(net.space, constraint, meter, c.map_samples,
+                                                    self.config.seed, cache)
+            message = maps[constraint.kind].unreachable_message()
+            if message and self.ctx.is_main:
+                print(f"warning: {message}", file=sys.stderr)
+        return maps
+
+    def _loader(self, dataset: Dataset, epoch: int, start_batch: int, iters_per_epoch: int) -> DataLoader:
+        c, ctx = self.config, self.ctx
+        order = epoch_order(len(dataset), c.seed, epoch)[: iters_per_epoch * c.batch_size * ctx.world_size]
+        grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
+        positions = np.arange(order.size).reshape(grid.shape)
+        indices = grid[start_batch:, ctx.rank].ravel()
+        seeds = (np.int64(c.seed) * 1_000_003 + epoch) * 10_000_019 + positions[start_batch:, ctx.rank].ravel()
+        view = _EpochView(dataset, indices, seeds % (2**62))
+        generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
+        return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+                          pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
+                          persistent_workers=False)
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> pathlib.Path:
+        self._prepare_run_dir(resume)
+        if self.checkpoint is not None:  # a resumed run continues under its own settings
+            saved = TrainConfig.from_dict(self.checkpoint["config"])
+            for keep in ("out", "device", "num_workers", "progress", "threads"):
+                setattr(saved, keep, getattr(self.config, keep))
+            self.config = saved
+        c, ctx = self.config.validate(), self.ctx
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed % 2**32)
+
+        data = load_data(c.data)
+        net = self._build_model(data)
+        luts = _load_luts(c.luts)
+        meter = ResourceMeter(net, luts)
+        constraints = parse_constraints(c.constraints, meter, net.space)
+        maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}
+        s = c.sampler
+        sampler = make_sampler(s.name, net.space, constraints, maps, meter, c.seed, pool_size=s.pool_size,
+                               ema=s.ema, p0=s.p0, p1=s.p1, t0=s.t0, t1=s.t1)
+
+        iters_per_epoch = len(data.train) // (c.batch_size * ctx.world_size)
+        if iters_per_epoch < 1:
+            raise UserError(f"{len(data.train)} training images are fewer than one batch of "
+                            f"{c.batch_size} x {ctx.world_size} processes; lower --batch-size")
+        total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
+        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * ctx.world_size / 1024
+
+        net.to(ctx.device)
+        if c.channels_last:
+            net.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(weight_decay_groups(net, c.recipe.weight_decay), lr=lr,
+                                    momentum=c.recipe.momentum, nesterov=c.recipe.nesterov)
+        warmup = int(round(c.recipe.warmup_epochs * iters_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it, total, warmup))
+        scaler = torch.amp.GradScaler("cuda") if c.amp and ctx.device.type == "cuda" else None
+
+        iteration, sequence = 0, b""  # chained hash of the subnet sequence
+        if self.checkpoint is not None:
+            ck = self.checkpoint
+            net.load_state_dict(ck["state_dict"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            sampler.load_state_dict(ck["sampler"])
+            restore_rng_state(ck["rng"])
+            iteration = int(ck["iteration"])
+            sequence = bytes.fromhex(ck["sequence"])
+
+        model: nn.Module = net
+        if ctx.enabled:
+            model = nn.parallel.DistributedDataParallel(
+                net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        step = SandwichStep(model, net, optimizer, c.recipe.label_smoothing, c.amp, c.channels_last, scaler,
+                            ctx.mean if ctx.enabled else None)
+        logger = _RunLogger(self.out, c, ctx, iteration)
+        if ctx.is_main:
+            logger.write_config({**c.to_dict(), "resolved": {
+                "lr": lr, "iterations": total, "iterations_per_epoch": iters_per_epoch,
+                "world_size": ctx.world_size, "model_config": net.config,
+                "constraints": [x.to_dict() for x in constraints],
+                "reachable_targets": {k: list(m.reachable_targets) for k, m in maps.items()}}})
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "iteration": iteration, "config": c.to_dict(), "model_config": net.config,
+                "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                "sampler": sampler.state_dict(), "rng": capture_rng_state(),
+                "constraints": [x.to_dict() for x in constraints],
+                "luts": {kind: t.to_dict() for kind, t in luts.items()},
+                "maps": {kind: {k: torch.from_numpy(np.asarray(v)) if k != "meta" else str(v)
+                                for k, v in m.to_arrays().items()} for kind, m in maps.items()},
+                "sequence": sequence.hex(),
+            }
+
+        net.train()
+        last_save = time.monotonic()
+        while iteration < total:
+            epoch, start_batch = divmod(iteration, iters_per_epoch)
+            loader = self._loader(data.train, epoch, start_batch, iters_per_epoch)
+            batches = min(iters_per_epoch - start_batch, total - iteration)
+            bar = tqdm(total=iters_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                       disable=not (c.progress and ctx.is_main), leave=False, dynamic_ncols=True)
+            for images, labels in loader:
+                draw = sampler.sample(iteration / total)
+                images = images.to(ctx.device, non_blocking=True)
+                labels = labels.to(ctx.device, non_blocking=True)
+                result = step(images, labels, draw.subnet)
+                sampler.update(draw, result.score)
+                scheduler.step()
+                iteration += 1
+                sequence = hashlib.sha256(sequence + draw.subnet.key.encode()).digest()
+                epoch_end = iteration % iters_per_epoch == 0
+                logger.step(iteration, epoch, result, draw, optimizer.param_groups[0]["lr"], sampler, bar,
+                            force=epoch_end or iteration == total)
+                save_due = (c.checkpoint.every_iters and iteration % c.checkpoint.every_iters == 0) or \
+                    time.monotonic() - last_save >= c.checkpoint.every_minutes * 60
+                if ctx.is_main and (save_due or epoch_end or iteration == total):
+                    save_checkpoint(self.out, snapshot(), c.checkpoint.keep)
+                    last_save = time.monotonic()
+                batches -= 1
+                if batches == 0:
+                    break
+            bar.close()
+            if iteration % iters_per_epoch == 0 or iteration == total:
+                logger.epoch_end(iteration, epoch, sampler)
+
+        self._check_ranks(sampler, sequence.hex(), logger)
+        if ctx.is_main:
+            final = run_record(snapshot())
+            save_atomic(final, self.out / "final.pt")
+            logger.close(iteration)
+        return self.out
+
+    def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
+        """All ranks must end with the same pools and the same subnet sequence."""
+        pools = self.ctx.gather(digest(sampler.pools_state()))
+        sequences = self.ctx.gather(sequence_digest)
+        if self.ctx.is_main:
+            logger.record({"event": "ranks", "pool_digests": pools, "sequence_digests": sequences})
+        if len(set(pools)) > 1 or len(set(sequences)) > 1:
+            raise RuntimeError(f"ranks diverged: pool digests {pools}, subnet-sequence digests {sequences}")
+
+
+class _RunLogger:
+    """metrics.jsonl, TensorBoard and the progress-bar postfix (rank 0 only)."""
+
+    def __init__(self, out: pathlib.Path, config: TrainConfig, ctx: DistContext, iteration: int) -> None:
+        self.config, self.ctx = config, ctx
+        self.metrics_path = out / "metrics.jsonl"
+        self.window: list[float] = []
+        self.tick, self.tick_iteration = time.perf_counter(), iteration
+        self.writer = None
+        if not ctx.is_main:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if self.metrics_path.exists():  # drop lines written after the checkpoint we resume from
+            lines = self.metrics_path.read_text().splitlines()
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration]
+            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        path = self.metrics_path.with_name("config.json")
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+    def record(self, row: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def step(self, iteration: int, epoch: int, result, draw, lr: float, sampler: SubnetSampler, bar,
+             force: bool = False) -> None:
+        if not self.ctx.is_main:
+            return
+        bar.update(1)
+        self.window.append(result.acc_largest)
+        if iteration % self.config.log_every and not force:
+            return
+        now = time.perf_counter()
+        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
+        speed = images / max(now - self.tick, 1e-9)
+        self.tick, self.tick_iteration = now, iteration
+        row = {"iteration": iteration, "epoch": epoch, "lr": lr, "loss_largest": result.loss_largest,
+               "loss_sampled": result.loss_sampled, "loss_smallest": result.loss_smallest,
+               "acc_largest": result.acc_largest, "score": result.score, "images_per_s": speed,
+               "pool_fill": sampler.pool_fill(), "kind": draw.kind, "target": draw.target,
+               "source": draw.source, "subnet": draw.subnet.key}
+        self.record(row)
+        for name in ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score", "lr",
+                     "images_per_s", "pool_fill"):
+            self.writer.add_scalar(f"train/{name}", row[name], iteration)
+        bar.set_postfix(loss=f"{result.loss_largest:.3f}", acc=f"{np.mean(self.window):.3f}",
+                        img_s=f"{speed:.0f}", pools=f"{100 * row['pool_fill']:.0f}%", refresh=False)
+        self.window.clear()
+
+    def epoch_end(self, iteration: int, epoch: int, sampler: SubnetSampler) -> None:
+        self.record({"event": "epoch", "iteration": iteration, "epoch": epoch, "pool_fill": sampler.pool_fill()})
+        if self.writer is not None:
+            self.writer.add_scalar("train/epoch", epoch + 1, iteration)
+            self.writer.flush()
+
+    def close(self, iteration: int) -> None:
+        self.record({"event": "done", "iteration": iteration})
+        if self.writer is not None:
+            self.writer.close()

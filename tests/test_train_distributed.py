@@ -1,0 +1,60 @@
+"""torchrun with 2 gloo processes on CPU: identical pools and subnets; a failing rank ends the run."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import torch
+
+from pssnet.training.distributed import digest
+from test_train_e2e import _args
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_two_gloo_ranks_train_identically(tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run([*TORCHRUN, "-m", "pssnet", *_args(out, "--max-iters", "8")], env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ranks = next(r for r in rows if r.get("event") == "ranks")
+    run = torch.load(out / "final.pt", weights_only=True)
+    assert ranks["pool_digests"] == [digest(run["pools"])] * 2  # both ranks hold rank 0's saved pools
+    assert len(ranks["sequence_digests"]) == 2 and len(set(ranks["sequence_digests"])) == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["world_size"] == 2
+    assert config["resolved"]["lr"] == 0.3 * 16 / 1024  # linear scaling with the global batch
+    assert sum(len(e) for e in run["pools"]["flops"].values()) >= 3
+
+
+def test_failing_rank_exits_non_zero_with_message(tmp_path):
+    script = tmp_path / "failing_train.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from pssnet.training import step
+        original = step.SandwichStep.__call__
+        calls = []
+        def failing(self, *args, **kwargs):
+            calls.append(1)
+            if os.environ["RANK"] == "1" and len(calls) == 3:
+                raise RuntimeError("injected failure on purpose")
+            return original(self, *args, **kwargs)
+        step.SandwichStep.__call__ = failing
+        from pssnet.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    start = time.monotonic()
+    proc = subprocess.run([*TORCHRUN, str(script), *_args(tmp_path / "fail", "--max-iters", "200")],
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "rank 1 of 2 failed: RuntimeError: injected failure on purpose" in proc.stderr
+    assert time.monotonic() - start < 200
+    assert not (tmp_path / "fail" / "final.pt").exists()
