@@ -43,6 +43,9 @@ def test_train_writes_run_dir_and_fills_pools(tmp_path):
     assert all(torch.equal(v, from_checkpoint["state_dict"][k]) for k, v in run["state_dict"].items())
     assert run["format"] == "pssnet-run/1" and run["sampler"] == "pss" and run["iterations"] == 14
     assert run["data"] == "fashion-mnist-mini" and run["seed"] == 1 and run["luts"] == {}
+    # A tenth of the 6,000 images is kept out of training for pssnet eval's selection.
+    assert run["holdout"] == {"count": 600, "seed": 1}
+    assert config["resolved"]["iterations_per_epoch"] == 5400 // 8
     net = create_supernet(**run["model_config"])
     net.load_state_dict(run["state_dict"])
     c = Constraint.from_dict(run["constraints"][0])
@@ -68,3 +71,19 @@ def test_uniform_sampler_and_user_errors(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "TYPE:START:STOP:STEP" in err and "unknown data spec" in err and "no checkpoint" in err
+
+
+def test_training_never_sees_the_images_eval_selects_on():
+    from pssnet.data import load_data, split_train
+    from pssnet.training import TrainConfig, Trainer
+
+    data = load_data("fashion-mnist-mini")
+    trainer = Trainer(TrainConfig(out="unused", holdout=300, seed=5))
+    train_set, record = trainer._without_holdout(data)
+    assert record == {"count": 300, "seed": 5}
+    # What pssnet eval holds out for a run with this record (its calibration images may be trained on).
+    held_out, _ = split_train(len(data.train_eval), record["count"], 64, record["seed"])
+    assert len(train_set) == 6000 - 300 and not set(train_set.indices) & set(held_out)
+    assert trainer._without_holdout(data)[0].indices == train_set.indices  # deterministic
+    trainer.config.holdout = 0
+    assert trainer._without_holdout(data) == (data.train, None)

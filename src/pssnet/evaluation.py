@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .calibration import bn_layers, bn_statistics, recalibrate_bn
 from .constraints import Constraint, ResourceMeter, target_key
+from .data import split_train
 from .errors import UserError
 from .space import SearchSpace, Subnet, subnets_from_arrays
 from .supernet import Supernet, create_supernet
@@ -153,19 +154,6 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self._cache) if self._cache is not None else self._stream()
-
-
-def split_train(num_items: int, holdout: int, calib_items: int, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic disjoint (held-out, calibration) index lists of a training set.
-
-    The held-out images are the first ``holdout`` of a permutation seeded by ``seed``; a trainer
-    that excludes ``split_train(n, count, 0, seed)[0]`` and records ``{"count", "seed"}`` as the
-    run's ``"holdout"`` gets selection on images it never trained on."""
-    if num_items < 2:
-        raise UserError(f"the training split has {num_items} images; evaluation needs at least 2")
-    holdout = min(holdout, num_items // 2)
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
-    return order[:holdout], order[holdout:holdout + calib_items]
 
 
 @torch.no_grad()

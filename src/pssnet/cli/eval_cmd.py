@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates per budget (default 5)")
     p.add_argument("--calib-batches", type=int, default=16, help="BN recalibration batches per subnet (default 16)")
     p.add_argument("--holdout", type=int, default=2000,
-                   help="training images held out for selection (default 2000, at most half the split)")
+                   help="training images held out for selection when the run kept none out (default 2000, at most half)")
     p.add_argument("--select-on", choices=SELECT_ON, default="holdout",
                    help="split that picks the subnet per budget; 'test' is the reference's flattering way")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR",

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int, help="images per process and iteration")
     run.add_argument("--max-iters", type=int, help="stop after this many iterations (schedules shrink to fit)")
     run.add_argument("--seed", type=int)
+    run.add_argument("--holdout", type=int, help="training images kept out for pssnet eval to select subnets on "
+                                                 "(default 2000, at most a tenth; 0 trains on all)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision")
     run.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -89,7 +91,7 @@ def build_config(args: argparse.Namespace):
     config = TrainConfig(out=args.out)
     needs_lut = apply_preset(config, args.preset) if args.preset else []
     direct = {"arch": args.arch, "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
-              "max_iters": args.max_iters, "seed": args.seed, "device": args.device, "amp": args.amp,
+              "max_iters": args.max_iters, "seed": args.seed, "holdout": args.holdout, "device": args.device, "amp": args.amp,
               "channels_last": args.channels_last, "num_workers": args.num_workers, "threads": args.threads,
               "log_every": args.log_every, "small_input": args.small_input}
     for key, value in direct.items():

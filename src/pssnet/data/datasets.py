@@ -194,3 +194,17 @@ def load_data(spec: str, image_size: Optional[int] = None) -> DataBundle:
     if name == "folder":
         return _folder_bundle(root, image_size or 224)
     return _cifar_bundle(name, root)
+
+
+def split_train(num_items: int, holdout: int, calib_items: int, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic disjoint (held-out, calibration) index lists of a training set.
+
+    The held-out images are the first ``holdout`` of a permutation seeded by ``seed``. The
+    trainer excludes ``split_train(n, count, 0, seed)[0]`` from training and records
+    ``{"count", "seed"}`` as the run's ``"holdout"``, so that ``pssnet eval`` selects subnets on
+    images the run never trained on."""
+    if num_items < 2:
+        raise UserError(f"the training split has {num_items} images; evaluation needs at least 2")
+    holdout = min(holdout, num_items // 2)
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[:holdout], order[holdout:holdout + calib_items]

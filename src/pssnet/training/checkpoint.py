@@ -118,6 +118,7 @@ def run_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         "luts": checkpoint["luts"],
         "seed": checkpoint["config"]["seed"],
         "iterations": checkpoint["iteration"],
+        "holdout": checkpoint.get("holdout"),  # {"count", "seed"} of data.split_train, or None
     }
 
 

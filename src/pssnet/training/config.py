@@ -56,6 +56,8 @@ class TrainConfig:
     batch_size: int = 128  # per process
     max_iters: Optional[int] = None
     seed: int = 0
+    # Training images kept out for `pssnet eval` to select subnets on (at most a tenth of the split).
+    holdout: int = 2000
     luts: list[str] = field(default_factory=list)
     small_input: Optional[bool] = None  # None: decided by image size (<= 64 px)
     resolutions: Optional[list[int]] = None  # [min, max, step]
@@ -108,6 +110,8 @@ class TrainConfig:
                             ("checkpoints to keep", self.checkpoint.keep)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
+        if self.holdout < 0:
+            raise UserError(f"--holdout must be 0 or more, got {self.holdout}")
         if self.max_iters is not None and self.max_iters < 1:
             raise UserError(f"--max-iters must be at least 1, got {self.max_iters}")
         return self

@@ -19,11 +19,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..constraints import ResourceMeter, parse_constraints
-from ..data import DataBundle, load_data
+from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
 from ..ops import SlimConv2d
 from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
@@ -150,6 +150,15 @@ class Trainer:
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
                           persistent_workers=False)
 
+    def _without_holdout(self, data: DataBundle) -> tuple[Dataset, Optional[dict[str, int]]]:
+        """The training images minus those kept out for selection, and the record that names them."""
+        count = min(self.config.holdout, len(data.train) // 10)
+        if count == 0:
+            return data.train, None
+        kept_out = set(split_train(len(data.train), count, 0, self.config.seed)[0])
+        rest = [i for i in range(len(data.train)) if i not in kept_out]
+        return Subset(data.train, rest), {"count": count, "seed": self.config.seed}
+
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> pathlib.Path:
         self._prepare_run_dir(resume)
@@ -174,9 +183,10 @@ class Trainer:
         sampler = make_sampler(s.name, net.space, constraints, maps, meter, c.seed, pool_size=s.pool_size,
                                ema=s.ema, p0=s.p0, p1=s.p1, t0=s.t0, t1=s.t1)
 
-        iters_per_epoch = len(data.train) // (c.batch_size * ctx.world_size)
+        train_set, holdout = self._without_holdout(data)
+        iters_per_epoch = len(train_set) // (c.batch_size * ctx.world_size)
         if iters_per_epoch < 1:
-            raise UserError(f"{len(data.train)} training images are fewer than one batch of "
+            raise UserError(f"{len(train_set)} training images are fewer than one batch of "
                             f"{c.batch_size} x {ctx.world_size} processes; lower --batch-size")
         total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
         lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * ctx.world_size / 1024
@@ -227,16 +237,16 @@ class Trainer:
                 "luts": {kind: t.to_dict() for kind, t in luts.items()},
                 "maps": {kind: {k: torch.from_numpy(np.asarray(v)) if k != "meta" else str(v)
                                 for k, v in m.to_arrays().items()} for kind, m in maps.items()},
-                "sequence": sequence.hex(),
+                "sequence": sequence.hex(), "holdout": holdout,
             }
 
         net.train()
         last_save = time.monotonic()
         while iteration < total:
             epoch, start_batch = divmod(iteration, iters_per_epoch)
-            loader = self._loader(data.train, epoch, start_batch, iters_per_epoch)
+            loader = self._loader(train_set, epoch, start_batch, iters_per_epoch)
             batches = min(iters_per_epoch - start_batch, total - iteration)
-            bar = tqdm(total=iters_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
+            bar = tqdm(total=start_batch + batches, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
                        disable=not (c.progress and ctx.is_main), leave=False, dynamic_ncols=True)
             for images, labels in loader:
                 draw = sampler.sample(iteration / total)
