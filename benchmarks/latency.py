@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from pssnet import create_supernet, extract_subnet
-from pssnet.latency import (LatencyTable, MeasureSettings, build_table, calibration_subnets, summarize,
-                            time_calls)
+from pssnet.latency import LatencyTable, build_table, calibration_subnets
+from pssnet.timing import MeasureSettings, summarize, time_calls
 
 
 def _extra(parser) -> None:

@@ -13,10 +13,11 @@ from pssnet import create_supernet, extract_subnet
 from pssnet.cli import main
 from pssnet.errors import UserError
 from pssnet.latency import (
-    FORMAT, LatencyTable, MeasureSettings, block_input_sizes, build_table, calibration_subnets, enumerate_configs,
+    FORMAT, LatencyTable, block_input_sizes, build_table, calibration_subnets, enumerate_configs,
     subnet_keys,
 )
 from pssnet.space import subnets_from_arrays
+from pssnet.timing import MeasureSettings
 
 FAST = MeasureSettings(warmup=0, repeats=1, rounds=1, min_sample_ms=0.0)
 REDUCED = dict(num_classes=10, in_chans=1, small_input=True, resolutions=(24, 28, 4), width_range=(0.9, 1.0))
@@ -140,11 +141,11 @@ def test_json_round_trip(tiny_table, tmp_path):
 
 
 def test_build_resumes_after_interruption(tmp_path, monkeypatch):
-    import pssnet.latency as latency
+    import pssnet.timing as timing
 
     net = create_supernet("mobilenet_v2", **{**REDUCED, "resolutions": (24, 24, 4)})
     path = tmp_path / "lut.json"
-    real = latency.time_calls
+    real = timing.time_calls
     measured: list[str] = []
 
     def interrupted(calls, settings, on_round=None):
@@ -153,7 +154,7 @@ def test_build_resumes_after_interruption(tmp_path, monkeypatch):
         measured.extend(calls)
         return real(calls, settings, on_round)
 
-    monkeypatch.setattr(latency, "time_calls", interrupted)
+    monkeypatch.setattr(timing, "time_calls", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_table(net, FAST, path, save_every=10, progress=False)
     partial = LatencyTable.load(path)
@@ -163,7 +164,7 @@ def test_build_resumes_after_interruption(tmp_path, monkeypatch):
         measured.extend(calls)
         return real(calls, settings, on_round)
 
-    monkeypatch.setattr(latency, "time_calls", counting)
+    monkeypatch.setattr(timing, "time_calls", counting)
     measured.clear()
     table = build_table(net, FAST, path, save_every=10, progress=False)
     configs = enumerate_configs(net.layout, net.space)

@@ -19,11 +19,9 @@ import itertools
 import json
 import os
 import pathlib
-import platform
 import random
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -32,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import timing
 from .errors import UserError
 from .layout import BlockSpec, ConvSpec, Layout, Width
 from .space import SearchSpace, Subnet, make_divisible_array
 from .supernet import Supernet, extract_subnet
+from .timing import MeasureSettings
 
 FORMAT = "pssnet-lut/1"
 CLASSIFIER = "classifier"
@@ -229,101 +229,6 @@ def _static_block(block: BlockSpec, size: int) -> nn.Module:
     return extract_subnet(Supernet(layout, space), space.largest()).features[0]
 
 
-STATISTICS = ("median", "min")
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How entries are measured: device, CPU threads, batch size, warm-up, repeats, rounds.
-
-    Each entry is timed in ``rounds`` rounds that go over a chunk of entries in turn (so one
-    entry's samples are spread over time), each with ``warmup`` untimed and ``repeats`` timed
-    calls; the entry is the ``statistic`` (median, or min for machines shared with other load)
-    of all its samples.
-    """
-
-    device: str = "cpu"
-    threads: int | None = None  # CPU threads (torch.set_num_threads); None keeps the current count
-    batch: int = 1
-    warmup: int = 2
-    repeats: int = 5
-    rounds: int = 5
-    statistic: str = "median"
-    min_sample_ms: float = 0.2  # on CPU, one timed sample loops the module at least this long
-
-    def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"unknown latency device '{self.device}': use --device cpu or --device cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda but CUDA is not available here: build the table on a GPU machine "
-                            "or use --device cpu")
-        if min(self.batch, self.repeats, self.rounds, self.threads or 1) < 1 or self.warmup < 0:
-            raise UserError("batch, repeats, rounds and threads must be >= 1 and warmup >= 0: fix the options")
-        if self.statistic not in STATISTICS:
-            raise UserError(f"unknown statistic '{self.statistic}': use one of {', '.join(STATISTICS)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds,
-                "statistic": self.statistic, "min_sample_ms": self.min_sample_ms}
-
-
-def _samples_cpu(fn: Callable[[], object], settings: MeasureSettings) -> list[float]:
-    for _ in range(settings.warmup):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    # Very short modules are looped per sample so that timer resolution and jitter average out.
-    number = max(1, int(settings.min_sample_ms / 1e3 / max(once, 1e-7)))
-    samples = []
-    for _ in range(settings.repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) / number * 1e3)
-    return samples
-
-
-def _samples_cuda(fn: Callable[[], object], settings: MeasureSettings) -> list[float]:
-    for _ in range(max(settings.warmup, 1)):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(settings.repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return samples
-
-
-def time_calls(calls: Mapping[str, Callable[[], object]], settings: MeasureSettings,
-               on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Timed samples (ms per call) of each function, gathered in rounds that go over all of them."""
-    sampler = _samples_cuda if settings.device == "cuda" else _samples_cpu
-    samples: dict[str, list[float]] = {key: [] for key in calls}
-    with torch.inference_mode():
-        for _ in range(settings.rounds):
-            for key, fn in calls.items():
-                samples[key] += sampler(fn, settings)
-            if on_round:
-                on_round(len(calls))
-    return samples
-
-
-def summarize(samples: Sequence[float], statistic: str = "median") -> float:
-    return min(samples) if statistic == "min" else statistics.median(samples)
-
-
-def time_calls_ms(calls: Mapping[str, Callable[[], object]], settings: MeasureSettings,
-                  on_round: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Milliseconds per call of each function: the settings' statistic over its samples."""
-    return {key: summarize(values, settings.statistic)
-            for key, values in time_calls(calls, settings, on_round).items()}
-
-
 def config_call(config: BlockConfig, settings: MeasureSettings) -> Callable[[], object]:
     """A function running ``config``'s module once on a random input on the settings' device."""
     device = torch.device(settings.device)
@@ -331,30 +236,6 @@ def config_call(config: BlockConfig, settings: MeasureSettings) -> Callable[[], 
     x = torch.randn(settings.batch, config.in_channels, config.size, config.size, device=device)
     return lambda: module(x)
 
-
-def describe_device(settings: MeasureSettings) -> dict[str, Any]:
-    """Plain-data description of where a table was measured."""
-    info: dict[str, Any] = {
-        "type": settings.device,
-        "cpu": _cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if settings.device == "cuda":
-        info["cuda"] = torch.cuda.get_device_name()
-        info["cuda_version"] = torch.version.cuda
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- the table
@@ -553,7 +434,7 @@ def calibrate_overhead(net: Supernet, table: LatencyTable, settings: MeasureSett
         model = extract_subnet(net, s).eval().to(device)
         x = torch.randn(settings.batch, net.layout.in_chans, s.resolution, s.resolution, device=device)
         calls[s.key] = lambda model=model, x=x: model(x)
-    measured = time_calls_ms(calls, settings)
+    measured = timing.time_calls_ms(calls, settings)
     return float(statistics.median(measured[s.key] - table.predict(net.layout, s) for s in subnets))
 
 
@@ -584,7 +465,7 @@ def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLik
                 raise UserError(f"{path} exists but cannot be resumed ({reason}): pass --force to rebuild it "
                                 "or choose another -o")
             entries = dict(old.entries)
-        table = LatencyTable(entries, describe_device(settings), config, settings.batch, settings.to_dict(),
+        table = LatencyTable(entries, timing.describe_device(settings), config, settings.batch, settings.to_dict(),
                              complete=False, source=str(path) if path is not None else None)
         pending = [c for key, c in configs.items() if key not in table.entries]
         bar = tqdm(total=len(pending) * settings.rounds, desc="measuring blocks", unit="timing",
@@ -594,8 +475,8 @@ def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLik
             for start in range(0, len(pending), save_every):
                 chunk = pending[start:start + save_every]
                 calls = {c.key: config_call(c, settings) for c in chunk}
-                samples = time_calls(calls, settings, on_round=bar.update)
-                table.entries.update({key: summarize(v, settings.statistic) for key, v in samples.items()})
+                samples = timing.time_calls(calls, settings, on_round=bar.update)
+                table.entries.update({key: timing.summarize(v, settings.statistic) for key, v in samples.items()})
                 if raw_samples is not None:
                     raw_samples.update(samples)
                 if path is not None:

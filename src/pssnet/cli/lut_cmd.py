@@ -9,7 +9,8 @@ import time
 
 from ..architectures import ARCHITECTURES
 from ..errors import UserError
-from ..latency import STATISTICS, LatencyTable, MeasureSettings, build_table, enumerate_configs
+from ..latency import LatencyTable, build_table, enumerate_configs
+from ..timing import STATISTICS, MeasureSettings
 from ..supernet import create_supernet
 
 
