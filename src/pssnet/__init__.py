@@ -1,6 +1,9 @@
 """pssnet: resource-adaptive supernets trained with Prioritized Subnet Sampling, and deployed."""
 
 from .architectures import ARCHITECTURES
+from .calibration import recalibrate_bn
+from .constraints import Constraint
+from .deploy import AdaptiveNet
 from .resources import count_arrays, count_flops, count_macs, count_params, flops_array, params_array
 from .space import SearchSpace, Subnet, make_divisible
 from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
@@ -8,7 +11,7 @@ from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES", "SearchSpace", "StaticSubnet", "Subnet", "Supernet",
+    "ARCHITECTURES", "AdaptiveNet", "Constraint", "SearchSpace", "StaticSubnet", "Subnet", "Supernet",
     "count_arrays", "count_flops", "count_macs", "count_params", "create_supernet",
-    "extract_subnet", "flops_array", "make_divisible", "params_array",
+    "extract_subnet", "flops_array", "make_divisible", "params_array", "recalibrate_bn",
 ]

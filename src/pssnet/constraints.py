@@ -167,8 +167,8 @@ class ResourceMeter:
 
 def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: int = 40) -> Constraint:
     """A grid of about ``count`` round-numbered targets spanning the space's range of ``kind``."""
-    lo = meter.measure(kind, space.smallest())
-    hi = meter.measure(kind, space.largest())
+    # Sorted: a noisy latency table can predict the smallest subnet slower than the largest.
+    lo, hi = sorted((meter.measure(kind, space.smallest()), meter.measure(kind, space.largest())))
     raw = max((hi - lo) / max(count - 1, 1), 1e-6)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10 * magnitude)

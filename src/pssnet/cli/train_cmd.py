@@ -84,6 +84,13 @@ def _pair(text: str, flag: str) -> tuple[float, float]:
     return a, b
 
 
+def _override(section: object, flags: dict) -> None:
+    """Set the fields of a config section whose flag was given (None: not given)."""
+    for key, value in flags.items():
+        if value is not None:
+            setattr(section, key, value)
+
+
 def build_config(args: argparse.Namespace):
     """The :class:`TrainConfig` from defaults, then ``--preset``, then explicit flags."""
     from ..training.config import TrainConfig, apply_preset
@@ -94,9 +101,7 @@ def build_config(args: argparse.Namespace):
               "max_iters": args.max_iters, "seed": args.seed, "holdout": args.holdout, "device": args.device, "amp": args.amp,
               "channels_last": args.channels_last, "num_workers": args.num_workers, "threads": args.threads,
               "log_every": args.log_every, "small_input": args.small_input}
-    for key, value in direct.items():
-        if value is not None:
-            setattr(config, key, value)
+    _override(config, direct)
     if args.constraint:
         config.constraints = list(args.constraint)
     if args.lut:
@@ -110,25 +115,19 @@ def build_config(args: argparse.Namespace):
     config.progress = not args.no_progress
     recipe = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
               "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs}
-    for key, value in recipe.items():
-        if value is not None:
-            setattr(config.recipe, key, value)
+    _override(config.recipe, recipe)
     if args.no_nesterov:
         config.recipe.nesterov = False
     sampler = {"name": args.sampler, "pool_size": args.pool_size, "ema": args.ema,
                "map_samples": args.map_samples, "map_cache": args.map_cache}
-    for key, value in sampler.items():
-        if value is not None:
-            setattr(config.sampler, key, value)
+    _override(config.sampler, sampler)
     if args.p_range:
         config.sampler.p0, config.sampler.p1 = _pair(args.p_range, "--p-range")
     if args.t_range:
         config.sampler.t0, config.sampler.t1 = _pair(args.t_range, "--t-range")
     checkpoint = {"every_minutes": args.checkpoint_minutes, "every_iters": args.checkpoint_iters,
                   "keep": args.keep_checkpoints}
-    for key, value in checkpoint.items():
-        if value is not None:
-            setattr(config.checkpoint, key, value)
+    _override(config.checkpoint, checkpoint)
     if not args.resume:
         if args.preset and not config.data:
             raise UserError(f"preset {args.preset} needs --data (e.g. folder:/data/imagenet or cifar10:DIR)")
