@@ -22,8 +22,13 @@ test: venv
 demo: venv
 	$(VENV)/bin/pssnet demo
 
+# The speed benchmarks (about 15 minutes on 2 CPU cores); compare_samplers.py is run by hand (half an hour).
 bench: venv
 	$(PY) benchmarks/resources.py --json bench-resources.json
+	$(PY) benchmarks/space_map.py --json bench-space-map.json
+	$(PY) benchmarks/step.py --json bench-step.json
+	$(PY) benchmarks/switch.py --json bench-switch.json
+	$(PY) benchmarks/latency.py --json bench-latency.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

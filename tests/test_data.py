@@ -79,3 +79,46 @@ def test_directories_without_expected_layout(tmp_path):
         load_data(f"cifar10:{tmp_path}")
     with pytest.raises(UserError, match="train/ and val/"):
         load_data(f"folder:{tmp_path}")
+
+
+def _write_cifar10(root, payload=None):
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, size=(4, 3072), dtype=np.uint8), "labels": [0, 3, 9, 1],
+                 "batch_label": name}
+        batches[name] = batch
+        with open(folder / name, "wb") as f:
+            pickle.dump(payload if payload is not None and name == "test_batch" else batch, f, protocol=2)
+    return batches
+
+
+def test_cifar_batches_are_read_as_arrays(tmp_path):
+    batches = _write_cifar10(tmp_path)
+    data = load_data(f"cifar10:{tmp_path}")
+    assert (data.num_classes, data.in_chans, data.image_size) == (10, 3, 32)
+    assert len(data.train) == 20 and len(data.test) == 4
+    # The file's rows hold the red, green and blue planes row-major; the dataset keeps [C, H, W].
+    raw = batches["test_batch"]["data"][1]
+    assert torch.equal(data.test.images[1], torch.from_numpy(raw.reshape(3, 32, 32)))
+    assert data.test.images[1, 1, 2, 5] == raw[1024 + 2 * 32 + 5]  # green, row 2, column 5
+    assert data.test.labels.tolist() == [0, 3, 9, 1]
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned",)
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_cifar10(tmp_path, payload={"data": _Exploit(), "labels": [0]})
+    with pytest.raises(UserError, match="refusing to load .*system"):
+        load_data(f"cifar10:{tmp_path}")
+    assert not (tmp_path / "pwned").exists()

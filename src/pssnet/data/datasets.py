@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import pathlib
+import pickle
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -125,21 +126,48 @@ def _idx_bundle(name: str, root: pathlib.Path) -> DataBundle:
 
 
 # -- CIFAR python batches ---------------------------------------------------------------------
-def _cifar_bundle(name: str, root: pathlib.Path) -> DataBundle:
-    from torchvision import datasets
+# CIFAR's "python version" is a pickle. Only the globals that rebuild its numpy arrays may be
+# loaded, so that a crafted batch file cannot run code.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+_CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                            "labels"),
+                "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    folder = cls.base_folder  # e.g. cifar-10-batches-py
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batches(folder: pathlib.Path, names: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels of CIFAR python batch files, read without running code."""
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing; extract the complete python version of the data set") from None
+        except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as exc:
+            raise UserError(f"{path} is not a CIFAR python batch ({exc}); download the python version again") \
+                from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _cifar_bundle(name: str, root: pathlib.Path) -> DataBundle:
+    folder, train_names, test_names, label_key = _CIFAR_FILES[name]
     parent = root.parent if root.name == folder else root
     if not (parent / folder).is_dir():
         raise UserError(f"no {folder} under {root}; pass {name}:DIR with the extracted python batches")
-    try:
-        train, test = cls(str(parent), train=True), cls(str(parent), train=False)
-    except RuntimeError as exc:
-        raise UserError(f"{parent / folder}: {exc}; download the python version again") from None
-    num_classes = 10 if name == "cifar10" else 100
-    return _array_bundle(name, num_classes, (train.data, np.asarray(train.targets)),
-                         (test.data, np.asarray(test.targets)))
+    train = read_cifar_batches(parent / folder, train_names, label_key)
+    test = read_cifar_batches(parent / folder, test_names, label_key)
+    return _array_bundle(name, 10 if name == "cifar10" else 100, train, test)
 
 
 # -- ImageNet-style folders -------------------------------------------------------------------
