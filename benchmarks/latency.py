@@ -9,6 +9,8 @@ and CPU thread count (default 1). Figures are reported for two statistics of the
 ``min`` (headline: steadier when other processes share the CPU) and ``median``.
 ``spearman_e2e_split_half`` is the noise ceiling: the rank correlation of the end-to-end timings
 with themselves (alternate rounds against each other); no predictor can rank much better.
+``spearman_flops_spread`` ranks N more subnets, one per FLOPs quantile of the space, timed in the
+same rounds: the predictor's ranking across the whole range rather than its crowded middle.
 
     python benchmarks/latency.py --json bench-latency.json
 """
@@ -24,8 +26,9 @@ from _common import parse_args, report
 import numpy as np
 import torch
 
-from pssnet import create_supernet, extract_subnet
+from pssnet import create_supernet, extract_subnet, flops_array
 from pssnet.latency import LatencyTable, build_table, calibration_subnets
+from pssnet.space import subnets_from_arrays
 from pssnet.timing import MeasureSettings, summarize, time_calls
 
 
@@ -55,6 +58,22 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
 
 
+def _spread_by_flops(net, count: int, seed: int, exclude: set) -> list:
+    """``count`` random subnets, one from each FLOPs quantile of 100,000 random draws (the
+    predictor plays no part in choosing them)."""
+    res, widths = net.space.sample_arrays(100_000, np.random.default_rng(seed + 1))
+    flops = flops_array(net, res, widths)
+    order = np.argsort(flops, kind="stable")
+    chosen = []
+    for part in np.array_split(order, count):
+        for i in part:
+            s = subnets_from_arrays(res[i:i + 1], widths[i:i + 1])[0]
+            if s not in exclude:
+                chosen.append(s)
+                break
+    return chosen
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _extra)
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True).eval()
@@ -74,9 +93,10 @@ def main() -> None:
         s = net.space.sample(rng)
         if s not in calibration and s not in subnets:
             subnets.append(s)
+    spread = _spread_by_flops(net, args.subnets, args.seed, exclude=set(subnets) | set(calibration))
     torch.set_num_threads(args.threads)
     calls = {}
-    for s in subnets + calibration:
+    for s in subnets + spread + calibration:
         model = extract_subnet(net, s).eval()
         x = torch.randn(args.batch, 1, s.resolution, s.resolution)
         calls[s.key] = lambda model=model, x=x: model(x)
@@ -109,6 +129,14 @@ def main() -> None:
         if statistic == "min":
             rows = list(zip(subnets, predicted, measured))
     results["spearman_e2e_split_half"] = spearman(*halves)
+    # Random subnets cluster in the middle of the range, where their latencies differ by little more
+    # than the timing noise; subnets spread over the FLOPs range test the ranking across it.
+    spread_measured = np.array([summarize(end_to_end[s.key], "min") for s in spread])
+    spread_predicted = np.array([table.predict(net.layout, s) for s in spread])
+    results["spearman_flops_spread"] = spearman(spread_predicted, spread_measured)
+    results["mape_flops_spread"] = float(np.abs((spread_predicted - spread_measured) / spread_measured).mean() * 100)
+    results["measured_ms_min_flops_spread"] = float(spread_measured.min())
+    results["measured_ms_max_flops_spread"] = float(spread_measured.max())
     results.update({"subnets": len(subnets), "threads": args.threads, "rounds": args.rounds,
                     "repeats": args.repeats, "statistic": "min", "batch": args.batch})
     for s, p, m in rows:
@@ -123,6 +151,9 @@ def main() -> None:
         ("spearman_median", f"{results['spearman_median']:.3f}", ""),
         ("spearman_e2e_split_half", f"{results['spearman_e2e_split_half']:.3f}",
          "noise ceiling: end-to-end vs itself"),
+        ("spearman_flops_spread", f"{results['spearman_flops_spread']:.3f}",
+         f"{len(spread)} subnets, one per FLOPs quantile"),
+        ("mape_flops_spread", f"{results['mape_flops_spread']:.2f} %", ""),
         ("lut_build_seconds", f"{build_seconds:.1f}", f"{len(table)} entries"),
         ("measured range", f"{results['measured_ms_min']:.2f}-{results['measured_ms_max']:.2f} ms", ""),
     ], results, args.json)
