@@ -15,11 +15,10 @@ import bisect
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from torch import nn
 from .calibration import bn_layers
 from .constraints import KINDS, UNITS
 from .errors import UserError
+from .fileio import atomic_write, save_atomic
 from .ops import SlimBatchNorm2d
 from .space import Subnet
 from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
@@ -34,21 +34,6 @@ from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 STATIC_FORMAT = "pssnet-static/1"
 EXPORT_FORMATS = ("pt", "torchscript", "onnx")
-
-
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_plain(path: Union[str, os.PathLike], what: str, fmt: str, hint: str) -> dict:
@@ -103,7 +88,7 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
 
 
 def save_bundle(bundle: Mapping[str, Any], path: Union[str, os.PathLike]) -> None:
-    atomic_write(path, lambda tmp: torch.save(dict(bundle), tmp))
+    save_atomic(dict(bundle), path)
 
 
 _set_plain = object.__setattr__
@@ -331,7 +316,7 @@ def export_static(static: StaticSubnet, path: Union[str, os.PathLike], fmt: str,
     static = static.eval()
     if fmt == "pt":
         data = {"format": STATIC_FORMAT, **dict(meta), "state_dict": static.state_dict()}
-        atomic_write(path, lambda tmp: torch.save(data, tmp))
+        save_atomic(data, path)
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed

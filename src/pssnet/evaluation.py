@@ -25,6 +25,7 @@ from .calibration import bn_layers, bn_statistics, recalibrate_bn
 from .constraints import Constraint, ResourceMeter, target_key
 from .data import split_train
 from .errors import UserError
+from .fileio import write_text_atomic
 from .space import SearchSpace, Subnet, subnets_from_arrays
 from .supernet import Supernet, create_supernet
 
@@ -401,7 +402,7 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_report(result, out_dir, others)
     paths["json"] = out_dir / "eval.json"
-    _write_text(paths["json"], json.dumps(result.to_dict(), indent=1) + "\n")
+    write_text_atomic(paths["json"], json.dumps(result.to_dict(), indent=1) + "\n")
     if bundle:
         paths["bundle"] = out_dir / "adaptive.pt"
         save_bundle(make_bundle(run, result, evaluator.stats, data.image_size), paths["bundle"])
@@ -423,9 +424,3 @@ def _compare_result(run_dir: Path, config: EvalConfig, data_spec: Optional[str],
     data = load_data(data_spec or run.get("data"))
     own = [Constraint.from_dict(c) for c in run.get("constraints", [])]
     return evaluate_run(run, data, config, run_dir.name, None if run.get("pools") else own or constraints)[0]
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

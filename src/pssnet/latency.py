@@ -21,7 +21,6 @@ import os
 import pathlib
 import random
 import statistics
-import tempfile
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from . import timing
 from .errors import UserError
+from .fileio import write_text_atomic
 from .layout import BlockSpec, ConvSpec, Layout, Width
 from .space import SearchSpace, Subnet, make_divisible_array
 from .supernet import Supernet, extract_subnet
@@ -353,17 +353,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON, atomically (temporary file in the same folder, then rename)."""
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 from .constraints import KINDS, UNITS
 from .evaluation import Candidate, EvalResult
+from .fileio import atomic_write, write_text_atomic
 
 CSV_FIELDS = ["run", "sampler", "kind", "target", "role", "subnet", "resolution", "widths",
               *KINDS, "pool_score", "holdout_acc", "test_acc"]
@@ -121,10 +122,10 @@ def pareto_plot(result: EvalResult, path: Union[str, os.PathLike], others: Seque
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Accuracy vs. resources of the subnets kept per budget")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_report(result: EvalResult, out_dir: Union[str, os.PathLike], others: Sequence[EvalResult] = ()
@@ -134,8 +135,6 @@ def write_report(result: EvalResult, out_dir: Union[str, os.PathLike], others: S
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"pareto.{name}" for name in ("csv", "md", "png")}
     for name, text in (("csv", pareto_csv([result, *others])), ("md", pareto_markdown(result, others))):
-        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[name])
+        write_text_atomic(paths[name], text)
     pareto_plot(result, paths["png"], others)
     return paths

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..constraints import Constraint, ResourceMeter
 from ..errors import UserError
+from ..fileio import atomic_write
 from ..space import WIDTH_DECIMALS, SearchSpace, Subnet
 
 MAP_VERSION = 1
@@ -220,9 +221,11 @@ def build_space_map(space: SearchSpace, constraint: Constraint, meter: ResourceM
     rng = np.random.Generator(np.random.PCG64([seed, 0x5EAC]))
     space_map = _accumulate(space, constraint, meter, samples, rng)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **space_map.to_arrays())
-        os.replace(tmp, path)
+        arrays = space_map.to_arrays()
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)
     return space_map

@@ -17,25 +17,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..fileio import save_atomic
 
 RUN_FORMAT = "pssnet-run/1"
 CHECKPOINT_FORMAT = "pssnet-checkpoint/1"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from tqdm import tqdm
 from ..constraints import ResourceMeter, parse_constraints
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
+from ..fileio import save_atomic
 from ..ops import SlimConv2d
 from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
-from .checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, run_record, save_atomic,
+from .checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, run_record,
                          save_checkpoint)
 from .config import TrainConfig
 from .distributed import DistContext, digest, init_distributed

@@ -1,0 +1,42 @@
+"""Atomic file writes: every file pssnet writes appears whole or not at all.
+
+A killed process or a full disk leaves at most a stray temporary file next to the target, never
+a truncated checkpoint, table or bundle in its place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, flush it to disk, then
+    rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_atomic(obj: Any, path: PathLike) -> None:
+    """``torch.save`` atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
