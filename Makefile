@@ -22,7 +22,7 @@ test: venv
 demo: venv
 	$(VENV)/bin/pssnet demo
 
-# The speed benchmarks (about 15 minutes on 2 CPU cores); compare_samplers.py is run by hand (half an hour).
+# The speed benchmarks (about 7 minutes on 2 CPU cores); compare_samplers.py is run by hand (about 35 minutes).
 bench: venv
 	$(PY) benchmarks/resources.py --json bench-resources.json
 	$(PY) benchmarks/space_map.py --json bench-space-map.json
