@@ -25,3 +25,14 @@ def test_save_atomic_round_trips_and_creates_folders(tmp_path):
     path = tmp_path / "a" / "b" / "ckpt.pt"
     save_atomic({"w": torch.arange(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "lut.json", "{}\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "lut.json").stat().st_mode & 0o777 == 0o644

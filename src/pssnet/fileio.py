@@ -7,7 +7,7 @@ a truncated checkpoint, table or bundle in its place.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -21,8 +21,9 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # A unique name that `write` creates itself: the file gets the user's usual permissions
+    # (tempfile.mkstemp would make every bundle and table private to its owner).
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
     try:
         write(tmp)
         with open(tmp, "rb") as f:
