@@ -133,3 +133,16 @@ def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
+    from pssnet.evaluation import _run_and_data
+    from pssnet.fileio import save_atomic
+
+    save_atomic({"format": "pssnet-run/1", "data": "fashion-mnist-mini", "holdout": {"count": 600, "seed": 1}},
+                tmp_path / "final.pt")
+    run, data = _run_and_data(tmp_path, None)
+    assert run["holdout"] == {"count": 600, "seed": 1} and len(data.train) == 6000
+    # Those indices name images of the mini set; on the full set they would mean other images.
+    run, data = _run_and_data(tmp_path, "fashion-mnist")
+    assert run["holdout"] is None and len(data.train) == 60000

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .calibration import bn_layers, bn_statistics, recalibrate_bn
 from .constraints import Constraint, ResourceMeter, target_key
-from .data import split_train
+from .data import load_data, split_train
 from .errors import UserError
 from .fileio import write_text_atomic
 from .space import SearchSpace, Subnet, subnets_from_arrays
@@ -369,10 +369,18 @@ def load_eval(path: Union[str, os.PathLike]) -> EvalResult:
         raise UserError(f"cannot read evaluation '{path}' ({type(exc).__name__}); re-run pssnet eval") from None
 
 
-def _load_run(run_dir: Union[str, os.PathLike]) -> dict:
+def _run_and_data(run_dir: Path, data_spec: Optional[str]) -> tuple[dict, Any]:
+    """A run dict and the data set to evaluate it on (``data_spec``, default: the one it trained on)."""
     from .training.checkpoint import load_run
 
-    return load_run(run_dir)
+    run = load_run(run_dir)
+    spec = data_spec or run.get("data")
+    if not spec:
+        raise UserError(f"{run_dir} does not name its data set; pass --data SPEC")
+    if spec != run.get("data") and run.get("holdout"):
+        # The recorded held-out indices name images of the data set trained on, not of this one.
+        run = {**run, "holdout": None}
+    return run, load_data(spec)
 
 
 def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
@@ -385,17 +393,12 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
     Runs given in ``compare`` are overlaid; their own ``eval.json`` is reused when it was made
     with the same selection split, otherwise they are evaluated here with ``config``.
     """
-    from .data import load_data
     from .deploy import make_bundle, save_bundle
     from .report import write_report
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
-    run = _load_run(run_dir)
-    spec = data_spec or run.get("data")
-    if not spec:
-        raise UserError(f"{run_dir} does not name its data set; pass --data SPEC")
-    data = load_data(spec)
+    run, data = _run_and_data(run_dir, data_spec)
     result, evaluator = evaluate_run(run, data, config, run_dir.name, constraints)
     others = [_compare_result(Path(d), config, data_spec, result.constraints) for d in compare]
 
@@ -418,9 +421,6 @@ def _compare_result(run_dir: Path, config: EvalConfig, data_spec: Optional[str],
             return result
     if not run_dir.is_dir():
         raise UserError(f"comparison run '{run_dir}' does not exist; pass a run directory to --compare")
-    from .data import load_data
-
-    run = _load_run(run_dir)
-    data = load_data(data_spec or run.get("data"))
+    run, data = _run_and_data(run_dir, data_spec)
     own = [Constraint.from_dict(c) for c in run.get("constraints", [])]
     return evaluate_run(run, data, config, run_dir.name, None if run.get("pools") else own or constraints)[0]
