@@ -8,6 +8,7 @@ from pssnet.constraints import ResourceMeter
 from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, split_train, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report
+from test_data import _write_idx
 from test_deploy_fixtures import CONSTRAINT, tiny_data, tiny_run
 
 CONFIG = EvalConfig(top_k=3, calib_batches=2, holdout=40, batch_size=16, progress=False)
@@ -143,6 +144,11 @@ def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
                 tmp_path / "final.pt")
     run, data = _run_and_data(tmp_path, None)
     assert run["holdout"] == {"count": 600, "seed": 1} and len(data.train) == 6000
-    # Those indices name images of the mini set; on the full set they would mean other images.
-    run, data = _run_and_data(tmp_path, "fashion-mnist")
-    assert run["holdout"] is None and len(data.train) == 60000
+    # Those indices name images of the mini set; on another data set they would mean other images.
+    other = tmp_path / "mnist"
+    other.mkdir()
+    for prefix in ("train", "t10k"):
+        _write_idx(other / f"{prefix}-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8), compress=False)
+        _write_idx(other / f"{prefix}-labels-idx1-ubyte", np.arange(20) % 10, compress=False)
+    run, data = _run_and_data(tmp_path, f"mnist:{other}")
+    assert run["holdout"] is None and len(data.train) == 20
