@@ -1,7 +1,7 @@
 """Atomic checkpoints, RNG state capture, and the run-directory reader :func:`load_run`.
 
-Everything is saved as tensors and plain Python data so that ``torch.load(...,
-weights_only=True)`` reads it back; nothing is pickled as objects.
+Everything is saved as tensors and plain Python data, so that torch's weights-only loader reads
+it back (``weights_only=True``); nothing is pickled as objects.
 """
 
 from __future__ import annotations
