@@ -17,7 +17,6 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 from .calibration import bn_layers
 from .constraints import KINDS, UNITS
 from .errors import UserError
-from .fileio import atomic_write, save_atomic
+from .fileio import atomic_write, load_plain, save_atomic
 from .ops import SlimBatchNorm2d
 from .space import Subnet
 from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
@@ -34,20 +33,6 @@ from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 STATIC_FORMAT = "pssnet-static/1"
 EXPORT_FORMATS = ("pt", "torchscript", "onnx")
-
-
-def load_plain(path: Union[str, os.PathLike], what: str, fmt: str, hint: str) -> dict:
-    """``torch.load(weights_only=True)`` of a pssnet file, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} '{path}' does not exist; {hint}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or not a weights_only-safe file
-        raise UserError(f"cannot read {what} '{path}' ({type(exc).__name__}); {hint}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise UserError(f"'{path}' is not a {what} (format {fmt}); {hint}")
-    return data
 
 
 # ----------------------------------------------------------------------------- bundle

@@ -1,4 +1,5 @@
-"""Atomic file writes: every file pssnet writes appears whole or not at all.
+"""Atomic file writes (every file pssnet writes appears whole or not at all) and the one safe
+reader of pssnet's torch files.
 
 A killed process or a full disk leaves at most a stray temporary file next to the target, never
 a truncated checkpoint, table or bundle in its place.
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
+
+from .errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -41,3 +44,19 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 def save_atomic(obj: Any, path: PathLike) -> None:
     """``torch.save`` atomically."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_plain(path: PathLike, what: str, formats: Union[str, tuple[str, ...]], hint: str) -> dict:
+    """``torch.load(weights_only=True)`` of a pssnet file whose ``"format"`` is one of
+    ``formats``; every failure is a one-line :class:`UserError` ending in ``hint``."""
+    path = Path(path)
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist; {hint}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated file, or not a weights_only-safe file
+        raise UserError(f"cannot read {what} '{path}' ({type(exc).__name__}); {hint}") from None
+    if not isinstance(data, dict) or data.get("format") not in formats:
+        raise UserError(f"'{path}' is not a {what} (format {' or '.join(formats)}); {hint}")
+    return data

@@ -17,21 +17,17 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fileio import save_atomic
+from ..fileio import load_plain, save_atomic
 
 RUN_FORMAT = "pssnet-run/1"
 CHECKPOINT_FORMAT = "pssnet-checkpoint/1"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+_RERUN_HINT = "resume from an older checkpoint or train again"
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        raise UserError(f"cannot read {path} ({type(exc).__name__}); it is not a pssnet checkpoint") from None
-    if not isinstance(data, dict) or data.get("format") not in (RUN_FORMAT, CHECKPOINT_FORMAT):
-        raise UserError(f"{path} is not a pssnet run or checkpoint file")
-    return data
+    """A checkpoint or run file, read with the weights-only loader."""
+    return load_plain(path, "pssnet checkpoint", (RUN_FORMAT, CHECKPOINT_FORMAT), _RERUN_HINT)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -115,10 +111,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of pssnet train")
     final = run_dir / "final.pt"
     if final.is_file():
-        data = load_file(final)
-        if data.get("format") != RUN_FORMAT:
-            raise UserError(f"{final} is not a pssnet run file (format {data.get('format')!r})")
-        return data
+        return load_plain(final, "pssnet run file", RUN_FORMAT, _RERUN_HINT)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"{run_dir} has neither final.pt nor checkpoints; is it a pssnet train --out directory?")
