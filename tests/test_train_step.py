@@ -1,10 +1,11 @@
 import copy
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pssnet import create_supernet
+from pssnet import ARCHITECTURES, create_supernet
 from pssnet.ops import SlimConv2d
 from pssnet.space import Subnet
 from pssnet.training.step import SandwichStep, distill_loss
@@ -73,3 +74,47 @@ def test_cosine_schedule():
     assert cosine_factor(50, 100, 0) == pytest.approx(0.5)
     assert cosine_factor(100, 100, 0) == pytest.approx(0.0)
     assert cosine_factor(4, 100, 10) == pytest.approx(0.5)
+
+
+def _reference_extra_forward_score(net, images, labels, sampled) -> float:
+    """The reference's score (PSS-Net train.py): a no-grad forward of the sampled subnet in the
+    training mode the step runs in (train-mode BN: batch statistics; the running statistics get
+    one more momentum update), on the same batch and the same weights, before the optimizer step."""
+    probe = copy.deepcopy(net).train()
+    probe.set_subnet(sampled)
+    with torch.no_grad():
+        return -F.cross_entropy(probe(images), labels).item()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_reused_score_equals_the_references_extra_forward_for_every_architecture(arch):
+    """With the default (no) dropout, the score SandwichStep takes from the sampled subnet's
+    training forward equals the score of the reference's extra forward: a second no-grad forward
+    of the same subnet, same batch, same weights, in train mode (BN normalises with the batch's
+    statistics in both, so the extra forward's update of the running statistics does not enter
+    the score; those buffers are recalibrated before evaluation anyway). Compared: the -CE score
+    values. The same comparison with dropout 0.2 fails, since each forward draws its own mask."""
+    torch.manual_seed(0)
+    net = create_supernet(arch, num_classes=10, in_chans=3, small_input=True)
+    assert net.classifier[0].p == 0.0 and net.config["dropout"] == 0.0
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    sampled = net.space.sample(random.Random(1))
+    expected = _reference_extra_forward_score(net, images, labels, sampled)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    result = SandwichStep(net, net, opt)(images, labels, sampled)
+    assert result.score == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+    noisy = create_supernet(arch, num_classes=10, in_chans=3, small_input=True, dropout=0.2)
+    noisy.load_state_dict(net.state_dict())
+    noisy_expected = _reference_extra_forward_score(noisy, images, labels, sampled)
+    noisy_result = SandwichStep(noisy, noisy, torch.optim.SGD(noisy.parameters(), lr=0.1))(images, labels, sampled)
+    assert noisy_result.score != pytest.approx(noisy_expected, rel=1e-5, abs=1e-6)
+
+
+def test_dropout_is_part_of_the_model_config():
+    net = create_supernet("mobilenet_v1", num_classes=5, in_chans=1, small_input=True, dropout=0.3)
+    assert net.classifier[0].p == 0.3 and net.config["dropout"] == 0.3
+    again = create_supernet(**net.config)
+    assert again.classifier[0].p == 0.3 and again.config == net.config
+    old = {k: v for k, v in net.config.items() if k != "dropout"}  # model_configs written before the key
+    assert create_supernet(**old).classifier[0].p == 0.0

@@ -16,6 +16,10 @@ multiplier; ``pssnet info`` lists the channel counts each stage can take.
 
 Small-input variants (``small_input=True``, for 28-32 px images) keep the structure but use a
 stride-1 stem (ResNet: a 3x3 stride-1 stem without max-pool) and resolutions 24..32 step 4.
+
+No layout has classifier dropout (the reference trains without it): a dropout mask would
+perturb the in-place distillation teacher and every pool score. ``create_supernet(dropout=P)``
+adds it for those who want it.
 """
 
 from __future__ import annotations
@@ -93,7 +97,6 @@ def mobilenet_v2_layout(num_classes: int, in_chans: int, small_input: bool) -> L
         classifier_in=Width(head),
         num_classes=num_classes,
         in_chans=in_chans,
-        dropout=0.2,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
 from typing import Optional
 
@@ -148,21 +149,26 @@ def create_supernet(
     small_input: bool = False,
     resolutions: tuple[int, int, int] | None = None,
     width_range: tuple[float, float] = (0.75, 1.0),
+    dropout: float = 0.0,
 ) -> Supernet:
     """Create a registered supernet by name (see :data:`pssnet.architectures.ARCHITECTURES`).
 
     ``resolutions`` is ``(min, max, step)``; the default depends on ``small_input``.
+    ``dropout`` is the classifier's dropout probability (it replaces the layout's). The default
+    0 keeps training forwards deterministic, so a subnet's reused training logits are its score.
     """
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     info = arch_info(arch)
-    layout = info.layout(num_classes, in_chans, small_input)
+    layout = dataclasses.replace(info.layout(num_classes, in_chans, small_input), dropout=float(dropout))
     lo, hi, step = resolutions or (info.small_resolutions if small_input else info.imagenet_resolutions)
     space = SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
     net = Supernet(layout, space)
     # Plain data that recreates this supernet (stored in checkpoints and bundles).
     net.config = {
         "arch": arch, "num_classes": num_classes, "in_chans": in_chans, "small_input": small_input,
-        "resolutions": [lo, hi, step], "width_range": list(width_range),
+        "resolutions": [lo, hi, step], "width_range": list(width_range), "dropout": float(dropout),
     }
     return net

@@ -62,6 +62,8 @@ class TrainConfig:
     small_input: Optional[bool] = None  # None: decided by image size (<= 64 px)
     resolutions: Optional[list[int]] = None  # [min, max, step]
     width_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    dropout: float = 0.0  # classifier dropout; 0 keeps the teacher and the reused pool scores noise-free
+    init: Optional[str] = None  # "torchvision" or a torchvision-format state dict: start from those weights
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False

@@ -121,7 +121,8 @@ class Trainer:
         c = self.config
         small = c.small_input if c.small_input is not None else data.image_size <= 64
         resolutions = tuple(c.resolutions) if c.resolutions else None
-        return create_supernet(c.arch, data.num_classes, data.in_chans, small, resolutions, tuple(c.width_range))
+        return create_supernet(c.arch, data.num_classes, data.in_chans, small, resolutions, tuple(c.width_range),
+                               dropout=c.dropout)
 
     def _build_maps(self, constraints, meter: ResourceMeter, net: Supernet) -> dict[str, SpaceMap]:
         c = self.config.sampler
