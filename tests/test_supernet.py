@@ -6,6 +6,7 @@ import torchvision
 
 import pssnet
 from pssnet import Subnet
+from pssnet.pretrained import torchvision_names
 
 ARCHS = ["mobilenet_v1", "mobilenet_v2", "resnet50"]
 
@@ -22,11 +23,10 @@ def _randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-def _state_dict_by_order(source: dict, target: dict) -> dict:
-    assert len(source) == len(target)
-    for (ks, vs), (kt, vt) in zip(source.items(), target.items()):
-        assert vs.shape == vt.shape, (ks, kt)
-    return dict(zip(target.keys(), source.values()))
+def _as_torchvision(net: pssnet.Supernet, static: torch.nn.Module) -> dict:
+    """The static subnet's state dict under torchvision's names (the mapping --init uses)."""
+    names = torchvision_names(net)
+    return {names[key]: value for key, value in static.state_dict().items()}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -76,7 +76,7 @@ def test_largest_mobilenet_v2_is_torchvisions():
     static = pssnet.extract_subnet(net, largest).eval()
     reference = torchvision.models.mobilenet_v2().eval()
     assert sum(p.numel() for p in reference.parameters()) == 3_504_872 == pssnet.count_params(net, largest)
-    reference.load_state_dict(_state_dict_by_order(static.state_dict(), reference.state_dict()))
+    reference.load_state_dict(_as_torchvision(net, static))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (reference(x) - static(x)).abs().max().item() <= 1e-5
@@ -90,7 +90,7 @@ def test_largest_resnet50_is_torchvisions():
     static = pssnet.extract_subnet(net, largest).eval()
     reference = torchvision.models.resnet50().eval()
     assert sum(p.numel() for p in reference.parameters()) == 25_557_032 == pssnet.count_params(net, largest)
-    reference.load_state_dict(_state_dict_by_order(static.state_dict(), reference.state_dict()))
+    reference.load_state_dict(_as_torchvision(net, static))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (reference(x) - static(x)).abs().max().item() <= 1e-4

@@ -4,6 +4,7 @@ from .architectures import ARCHITECTURES
 from .calibration import recalibrate_bn
 from .constraints import Constraint
 from .deploy import AdaptiveNet
+from .pretrained import InitReport, load_pretrained
 from .resources import count_arrays, count_flops, count_macs, count_params, flops_array, params_array
 from .space import SearchSpace, Subnet, make_divisible
 from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
@@ -11,7 +12,8 @@ from .supernet import StaticSubnet, Supernet, create_supernet, extract_subnet
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES", "AdaptiveNet", "Constraint", "SearchSpace", "StaticSubnet", "Subnet", "Supernet",
+    "ARCHITECTURES", "AdaptiveNet", "Constraint", "InitReport", "SearchSpace", "StaticSubnet", "Subnet",
+    "Supernet",
     "count_arrays", "count_flops", "count_macs", "count_params", "create_supernet",
-    "extract_subnet", "flops_array", "make_divisible", "params_array", "recalibrate_bn",
+    "extract_subnet", "flops_array", "load_pretrained", "make_divisible", "params_array", "recalibrate_bn",
 ]

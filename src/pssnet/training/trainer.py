@@ -27,6 +27,7 @@ from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
 from ..fileio import save_atomic
 from ..ops import SlimConv2d
+from ..pretrained import load_pretrained
 from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
 from .checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, run_record,
@@ -177,6 +178,10 @@ class Trainer:
 
         data = load_data(c.data)
         net = self._build_model(data)
+        if c.init and self.checkpoint is None:  # a resumed run continues from its own weights
+            report = load_pretrained(net, c.init)
+            if ctx.is_main:
+                print(report.summary())
         luts = _load_luts(c.luts)
         meter = ResourceMeter(net, luts)
         constraints = parse_constraints(c.constraints, meter, net.space)
