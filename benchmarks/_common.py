@@ -33,17 +33,32 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function, timed in alternation so that machine noise hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def interleaved_times(fns: dict[str, Callable[[int], object]], repeats: int, warmup: int = 1,
+                      sync: Callable[[], object] | None = None) -> dict[str, list[float]]:
+    """Seconds of each ``fn(i)`` for repeats ``i = warmup .. warmup + repeats - 1``, in alternation.
+
+    Every function gets the same index in a round, so all can work on the same input; warm-up
+    rounds use indices ``0 .. warmup - 1``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs
+    before the clock is read, so asynchronous work is counted where it was queued.
+    """
+    wait = sync or (lambda: None)
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    wait()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for i in range(warmup, warmup + repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            fn(i)
+            wait()
             times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, timed in alternation so that machine noise hits all alike."""
+    times = interleaved_times({name: (lambda i, fn=fn: fn()) for name, fn in fns.items()}, repeats, warmup)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
