@@ -6,8 +6,9 @@ import torch
 
 import pssnet
 from pssnet.cli import main
+from pssnet.cli.budgets import parse_trace
 from pssnet.deploy import (AdaptiveNet, RetainedSubnet, example_input, export_static, load_static, make_bundle,
-                           parse_trace, run_export, save_bundle)
+                           run_export, save_bundle)
 from pssnet.errors import UserError
 from pssnet.evaluation import EvalConfig, evaluate_run
 from test_deploy_fixtures import IMAGE_SIZE, tiny_data, tiny_run, tiny_supernet
