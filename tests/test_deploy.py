@@ -6,8 +6,9 @@ import torch
 
 import pssnet
 from pssnet.cli import main
+from pssnet.cli.budgets import parse_trace
 from pssnet.deploy import (AdaptiveNet, RetainedSubnet, example_input, export_static, load_static, make_bundle,
-                           parse_trace, run_export, save_bundle)
+                           run_export, save_bundle)
 from pssnet.errors import UserError
 from pssnet.evaluation import EvalConfig, evaluate_run
 from test_deploy_fixtures import IMAGE_SIZE, tiny_data, tiny_run, tiny_supernet
@@ -181,3 +182,50 @@ def test_switching_leaves_weights_untouched(bundle_path):
     after = adaptive.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert np.isfinite([r.test_acc for r in adaptive.subnets]).all()
+
+
+def _handmade_adaptive() -> AdaptiveNet:
+    """Three retained subnets with distinct random stored statistics (so each slot matters)."""
+    torch.manual_seed(0)
+    net = tiny_supernet()
+    sp = net.space
+    subnets = [sp.smallest(), pssnet.Subnet(16, (0.9,) * 9), sp.largest()]
+    entries = [RetainedSubnet(s, ("x",), {"flops": pssnet.count_flops(net, s)}, 50.0 + i, 50.0, i)
+               for i, s in enumerate(subnets)]
+    stats = {name: {"mean": torch.randn(3, bn.num_features), "var": torch.rand(3, bn.num_features) + 0.5}
+             for name, bn in net.named_modules() if isinstance(bn, torch.nn.BatchNorm2d)}
+    return AdaptiveNet(net, entries, stats)
+
+
+def test_stored_statistics_are_buffers_that_move_with_the_module_but_are_not_saved():
+    adaptive = _handmade_adaptive()
+    bns = [m for m in adaptive.modules() if isinstance(m, pssnet.ops.SlimBatchNorm2d)]
+    fresh_keys = {f"net.{k}" for k in tiny_supernet().state_dict()}
+    assert set(adaptive.state_dict()) == fresh_keys  # no bank entries: checkpoints are unchanged
+    assert not any("bank" in k for k in adaptive.state_dict())
+    assert all(bn.bank_mean.shape == (3, bn.num_features) for bn in bns)
+
+    x = torch.randn(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        want = {r.slot: adaptive.export(r)(x) for r in adaptive.subnets}
+    adaptive.to(torch.float64)
+    assert all(bn.bank_mean.dtype == bn.bank_var.dtype == torch.float64 for bn in bns)
+    for r in adaptive.subnets:  # each slot still reads its own (now float64) statistics
+        adaptive.switch_to(r)
+        with torch.no_grad():
+            torch.testing.assert_close(adaptive(x.double()).float(), want[r.slot], rtol=1e-4, atol=1e-4)
+    adaptive.half()
+    assert all(bn.bank_mean.dtype == torch.float16 for bn in bns)
+    adaptive.to("meta")
+    assert all(bn.bank_mean.device.type == bn.bank_var.device.type == "meta" for bn in bns)
+
+
+def test_switching_state_lives_on_the_shared_active_state():
+    adaptive = _handmade_adaptive()
+    for r in reversed(adaptive.subnets):
+        adaptive.switch_to(r)
+        state = adaptive.net.state
+        assert adaptive.current is r and state.bn_slot == r.slot and state.subnet == r.subnet
+        assert adaptive.net.active_subnet == r.subnet and state.resolution == r.subnet.resolution
+        assert state.channels == adaptive.net.layout.group_channels(r.subnet.widths)
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(adaptive).values())  # no unregistered modules

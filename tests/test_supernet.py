@@ -127,3 +127,20 @@ def test_any_classes_and_input_channels():
         assert net(torch.randn(2, 5, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match="positive"):
         pssnet.create_supernet("resnet50", num_classes=0)
+
+
+@pytest.mark.parametrize("arch", sorted(pssnet.architectures.ARCHITECTURES))
+def test_slim_convs_are_conv2d_with_max_widths_and_depthwise_groups(arch):
+    net = pssnet.create_supernet(arch, num_classes=10, small_input=True)
+    units = [m for m in net.modules() if isinstance(m, pssnet.supernet.ConvBNAct)]
+    assert units
+    for unit in units:
+        conv, spec = unit.conv, unit.spec
+        assert isinstance(conv, torch.nn.Conv2d) and conv.bias is None and conv.depthwise == spec.depthwise
+        assert conv.kernel_size == (spec.kernel, spec.kernel)
+        assert (conv.in_channels, conv.out_channels) == (unit.bn.num_features if spec.depthwise else
+                                                         spec.in_width.resolve(net.state.channels),
+                                                         unit.bn.num_features)
+        assert conv.weight.shape == (conv.out_channels, 1 if spec.depthwise else conv.in_channels,
+                                     spec.kernel, spec.kernel)
+        assert conv.groups == (conv.in_channels if spec.depthwise else 1)

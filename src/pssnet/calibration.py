@@ -26,6 +26,7 @@ def _images_of(batch) -> torch.Tensor:
     raise TypeError(f"expected a tensor or an (inputs, labels) pair per batch, got {type(batch).__name__}")
 
 
+# Not swa_utils.update_bn: it restores only the root's train mode (not each module's), and not on error.
 @torch.no_grad()
 def recalibrate_bn(
     net: nn.Module,

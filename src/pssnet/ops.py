@@ -16,30 +16,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import ConvSpec, Width
+from .space import Subnet
 
 
 class ActiveState:
-    """What the supernet currently runs: per-group channels, resolution, stored-BN slot."""
+    """What the supernet currently runs: the subnet, its per-group channels and resolution, and
+    the stored-BN slot."""
 
-    __slots__ = ("channels", "resolution", "bn_slot")
+    __slots__ = ("subnet", "channels", "resolution", "bn_slot")
 
-    def __init__(self, channels: tuple[int, ...], resolution: int) -> None:
+    def __init__(self, channels: tuple[int, ...], resolution: int, subnet: Optional[Subnet] = None) -> None:
+        self.subnet = subnet
         self.channels = channels
         self.resolution = resolution
         # Index into each BatchNorm's bank of stored statistics (deployment); None = running stats.
         self.bn_slot: Optional[int] = None
 
 
-class SlimConv2d(nn.Module):
-    """Conv2d (no bias, 'same' padding) whose weight is sliced to the active channels."""
+class SlimConv2d(nn.Conv2d):
+    """Conv2d (no bias, 'same' padding) whose weight is sliced to the active channels.
+
+    Built at its maximal widths (a depthwise one with ``groups = in_channels``), so it is an
+    ordinary ``nn.Conv2d`` to code that inspects modules (weight decay, state dicts).
+    """
 
     def __init__(self, max_in: int, max_out: int, spec: ConvSpec, state: ActiveState) -> None:
-        super().__init__()
-        self.kernel, self.stride, self.depthwise = spec.kernel, spec.stride, spec.depthwise
+        super().__init__(max_in, max_out, spec.kernel, spec.stride, spec.kernel // 2,
+                         groups=max_in if spec.depthwise else 1, bias=False)
+        self.depthwise = spec.depthwise
         self.out_width: Width = spec.out_width
         self.state = state
-        shape = (max_out, 1 if spec.depthwise else max_in, spec.kernel, spec.kernel)
-        self.weight = nn.Parameter(torch.empty(shape))
+
+    def reset_parameters(self) -> None:
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
 
     def active_weight(self, in_channels: int) -> torch.Tensor:
@@ -57,12 +65,12 @@ class SlimConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c_in = x.shape[1]
         groups = c_in if self.depthwise else 1
-        return F.conv2d(x, self.active_weight(c_in), None, self.stride, self.kernel // 2, 1, groups)
+        return F.conv2d(x, self.active_weight(c_in), None, self.stride, self.padding, self.dilation, groups)
 
     def to_static(self, in_channels: int) -> nn.Conv2d:
         w = self.active_weight(in_channels).detach()
         out_channels = w.shape[0]
-        conv = nn.Conv2d(in_channels, out_channels, self.kernel, self.stride, self.kernel // 2,
+        conv = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, self.padding,
                          groups=in_channels if self.depthwise else 1, bias=False)
         conv.weight.data.copy_(w)
         return conv
@@ -74,8 +82,12 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, max_channels: int, state: ActiveState) -> None:
         super().__init__(max_channels)
         self.state = state
-        self.bank_mean: Optional[torch.Tensor] = None
-        self.bank_var: Optional[torch.Tensor] = None
+        # Stored per-subnet statistics (deployment). Buffers, so that .to()/.half() move them;
+        # not persistent, so that state dicts and checkpoints stay the same with or without them.
+        self.bank_mean: Optional[torch.Tensor]
+        self.bank_var: Optional[torch.Tensor]
+        self.register_buffer("bank_mean", None, persistent=False)
+        self.register_buffer("bank_var", None, persistent=False)
 
     def set_stat_bank(self, means: torch.Tensor, variances: torch.Tensor) -> None:
         """Stored statistics ``[slots, max_channels]``, selected by ``state.bn_slot`` in eval."""

@@ -91,14 +91,18 @@ class Supernet(nn.Module):
         self.layout, self.space = layout, space
         largest = space.largest()
         max_channels = layout.group_channels(largest.widths)
-        self.state = ActiveState(max_channels, largest.resolution)
+        self.state = ActiveState(max_channels, largest.resolution, largest)
         self.features = nn.Sequential(*[Block(b, max_channels, self.state) for b in layout.blocks])
         self.classifier = nn.Sequential(
             nn.Dropout(layout.dropout),
             SlimLinear(layout.classifier_in.resolve(max_channels), layout.num_classes),
         )
         self._channels_cache: dict[tuple[float, ...], tuple[int, ...]] = {}
-        self.active_subnet = largest
+
+    @property
+    def active_subnet(self) -> Subnet:
+        """The subnet the supernet runs (kept on the shared :class:`ActiveState`)."""
+        return self.state.subnet
 
     def set_subnet(self, subnet: Subnet) -> None:
         """Activate ``subnet`` (validated against the space). Cheap: no module traversal."""
@@ -111,7 +115,7 @@ class Supernet(nn.Module):
             self.space.validate(subnet)
         self.state.channels = channels
         self.state.resolution = subnet.resolution
-        self.active_subnet = subnet
+        self.state.subnet = subnet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(_resize(x, self.state.resolution))

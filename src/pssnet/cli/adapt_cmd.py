@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..deploy import AdaptiveNet, TraceEvent, example_input, parse_trace
+from ..deploy import AdaptiveNet, example_input
+from .budgets import TraceEvent, parse_trace
 from ..errors import UserError
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..deploy import AdaptiveNet, example_input, export_static, parse_trace, run_export
+from ..deploy import AdaptiveNet, example_input, export_static, run_export
 from ..evaluation import EvalConfig, evaluate_run_dir
 from .adapt_cmd import replay, sample_inputs
+from .budgets import parse_trace
 
 # Budgets of the demo (MFLOPs of the small-input MobileNetV2 at 20-28 px: about 9.4 to 21.7).
 DEMO_CONSTRAINT = "flops:10:20:2.5"

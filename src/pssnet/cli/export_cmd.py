@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..deploy import EXPORT_FORMATS, AdaptiveNet, example_input, export_static, parse_budgets, run_export
+from ..deploy import EXPORT_FORMATS, AdaptiveNet, example_input, export_static, run_export
+from .budgets import parse_budgets
 from ..errors import UserError
 
 _SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript"}

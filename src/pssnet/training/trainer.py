@@ -26,7 +26,6 @@ from ..constraints import ResourceMeter, parse_constraints
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
 from ..fileio import save_atomic
-from ..ops import SlimConv2d
 from ..pretrained import load_pretrained
 from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
@@ -61,16 +60,11 @@ def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay conv (not depthwise) and linear weights; not depthwise convs, BatchNorm or biases."""
     decay_ids = {id(m.weight) for m in net.modules()
-                 if (isinstance(m, (SlimConv2d, nn.Conv2d)) and not _is_depthwise(m)) or isinstance(m, nn.Linear)}
+                 if (isinstance(m, nn.Conv2d) and not (m.groups > 1 and m.groups == m.in_channels))
+                 or isinstance(m, nn.Linear)}
     decay = [p for p in net.parameters() if id(p) in decay_ids]
     rest = [p for p in net.parameters() if id(p) not in decay_ids]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    if isinstance(module, SlimConv2d):
-        return module.depthwise
-    return module.groups > 1 and module.groups == module.in_channels
 
 
 def cosine_factor(iteration: int, total: int, warmup: int) -> float:
