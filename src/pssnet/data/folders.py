@@ -9,7 +9,7 @@ import pathlib
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 from .bundle import DataBundle
@@ -42,7 +42,10 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "unknown format or damaged header"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise CorruptImageError(f"{path} is not a readable image ({reason}); remove or replace it") from None
 
 
