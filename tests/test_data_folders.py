@@ -47,6 +47,8 @@ def test_small_images_keep_their_size_and_get_cifar_augmentation(tmp_path):
     assert np.allclose(bundle.test[0][0].numpy(), (first - MEAN) / STD, atol=1e-5)
     # Training: a shift by at most 4 px of the zero-padded image, maybe flipped.
     clean = bundle.train_eval[1][0].numpy()
+    raw = written[tmp_path / "train" / "cat" / "1.png"].transpose(2, 0, 1) / 255.0
+    assert np.allclose(clean, (raw - MEAN) / STD, atol=1e-5)  # train_eval: not augmented
     padded = np.broadcast_to((0 - MEAN) / STD, (3, 40, 40)).copy()
     padded[:, 4:36, 4:36] = clean
     candidates = [np.flip(padded, 2) if flip else padded for flip in (False, True)]
