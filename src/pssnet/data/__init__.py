@@ -1,7 +1,11 @@
 """Datasets for training and evaluation (see :func:`load_data`)."""
 
-from .datasets import (DEFAULT_FASHION_MNIST_DIR, SPECS, ArrayImageDataset, DataBundle, load_data, read_idx,
-                       split_train)
+from .bundle import ArrayImageDataset, DataBundle
+from .datasets import DEFAULT_FASHION_MNIST_DIR, SPECS, load_data, split_train
+from .folders import CorruptImageError, detect_image_size
+from .idx import find_idx, read_idx
+from .transforms import Lighting, imagenet_eval_transform, imagenet_train_transform
 
-__all__ = ["DEFAULT_FASHION_MNIST_DIR", "SPECS", "ArrayImageDataset", "DataBundle", "load_data", "read_idx",
-           "split_train"]
+__all__ = ["DEFAULT_FASHION_MNIST_DIR", "SPECS", "ArrayImageDataset", "CorruptImageError", "DataBundle", "Lighting",
+           "detect_image_size", "find_idx", "imagenet_eval_transform", "imagenet_train_transform", "load_data",
+           "read_idx", "split_train"]

@@ -6,18 +6,18 @@ are ``(float tensor [C, H, W] normalised, int label)``.
 
 from __future__ import annotations
 
-import gzip
 import pathlib
 import pickle
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from ..errors import UserError
+from .bundle import ArrayImageDataset, DataBundle, check_split
+from .folders import folder_bundle
+from .idx import read_idx_split
+from .transforms import small_image_transform
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MINI_PATH = pathlib.Path(__file__).with_name("fashion_mnist_mini.npz")
@@ -29,100 +29,34 @@ _NORMALISATION = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 
-@dataclass
-class DataBundle:
-    """The splits of one dataset. ``train_eval`` holds the training images without augmentation."""
-
-    name: str
-    num_classes: int
-    in_chans: int
-    image_size: int
-    train: Dataset
-    train_eval: Dataset
-    test: Dataset
-
-
-class ArrayImageDataset(Dataset):
-    """Images held in memory as uint8 ``[N, H, W]`` or ``[N, H, W, C]`` arrays, with a transform."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        if images.ndim == 3:
-            images = images[:, None]  # [N, 1, H, W]
-        else:
-            images = images.transpose(0, 3, 1, 2)
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))  # own, writable copy
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
-
-
-def _tensor_transforms(name: str, size: int, train: bool) -> Callable:
-    """Standard augmentation on uint8 tensors: crop with padding (+ flip for CIFAR)."""
-    mean, std = _NORMALISATION[name]
-    steps: list[Callable] = []
-    if train:
-        steps.append(v2.RandomCrop(size, padding=4 if name.startswith("cifar") else 2))
-        if name.startswith("cifar"):
-            steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    return v2.Compose(steps)
-
-
 def _array_bundle(name: str, num_classes: int, train: tuple[np.ndarray, np.ndarray],
-                  test: tuple[np.ndarray, np.ndarray]) -> DataBundle:
+                  test: tuple[np.ndarray, np.ndarray], stats: Optional[str] = None) -> DataBundle:
+    """In-memory images with the standard small-image augmentation: a random crop after padding
+    (4 px for CIFAR, 2 px for the MNISTs), plus a horizontal flip for CIFAR. ``stats`` names the
+    normalisation (default: ``name``'s)."""
     size = int(train[0].shape[1])
     in_chans = 1 if train[0].ndim == 3 else int(train[0].shape[3])
-    train_tf, eval_tf = _tensor_transforms(name, size, True), _tensor_transforms(name, size, False)
+    mean, std = _NORMALISATION[stats or name]
+    cifar = name.startswith("cifar")
+    pad = 4 if cifar else 2
+    train_tf = small_image_transform(size, mean, std, True, pad, flip=cifar)
+    eval_tf = small_image_transform(size, mean, std, False, pad)
+    augmentation = "pad-crop+flip" if cifar else "pad-crop"
     return DataBundle(name, num_classes, in_chans, size,
                       ArrayImageDataset(*train, train_tf), ArrayImageDataset(*train, eval_tf),
-                      ArrayImageDataset(*test, eval_tf))
-
-
-# -- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------
-def read_idx(path: pathlib.Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UserError(f"{path} is not an unsigned-byte IDX file; pass a directory with the original files")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise UserError(f"{path} is truncated ({array.size} values for shape {shape}); download it again")
-    return array.reshape(shape)
-
-
-def _find_idx(root: pathlib.Path, stem: str) -> pathlib.Path:
-    for folder in (root, root / "raw", root / "FashionMNIST" / "raw", root / "MNIST" / "raw"):
-        for name in (stem, stem + ".gz"):
-            if (folder / name).is_file():
-                return folder / name
-    raise UserError(f"no {stem}[.gz] under {root}; pass the directory holding the IDX files "
-                    "(Debian: apt install dataset-fashion-mnist)")
+                      ArrayImageDataset(*test, eval_tf),
+                      f"{name}: {size} px images, {augmentation} augmentation, evaluation at {size} px")
 
 
 def _idx_bundle(name: str, root: pathlib.Path) -> DataBundle:
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist; pass {name}:DIR with the IDX files")
-    split = {}
-    for prefix, key in (("train", "train"), ("t10k", "test")):
-        images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
-        if len(images) != len(labels):
-            raise UserError(f"{root}: {len(images)} {prefix} images but {len(labels)} labels; files do not match")
-        split[key] = (images, labels)
-    return _array_bundle(name, 10, split["train"], split["test"])
+    train = read_idx_split(root, "train", 10)
+    test = read_idx_split(root, "t10k", 10)
+    return _array_bundle(name, 10, train, test)
 
 
 # -- CIFAR python batches ---------------------------------------------------------------------
@@ -142,8 +76,10 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def read_cifar_batches(folder: pathlib.Path, names: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) uint8 and labels of CIFAR python batch files, read without running code."""
+def read_cifar_batches(folder: pathlib.Path, names: list[str], label_key: str,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (checked to lie in ``[0, num_classes)``) of CIFAR
+    python batch files, read without running code."""
     images, labels = [], []
     for name in names:
         path = folder / name
@@ -154,9 +90,17 @@ def read_cifar_batches(folder: pathlib.Path, names: list[str], label_key: str) -
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
         except FileNotFoundError:
             raise UserError(f"{path} is missing; extract the complete python version of the data set") from None
-        except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as exc:
+        except PermissionError:
+            raise UserError(f"{path} is not readable (permission denied); fix its permissions") from None
+        except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, IndexError) as exc:
             raise UserError(f"{path} is not a CIFAR python batch ({exc}); download the python version again") \
                 from None
+        except OSError as exc:
+            raise UserError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+        if len(images[-1]) != len(labels[-1]) or labels[-1].ndim != 1:
+            raise UserError(f"{path}: {len(images[-1])} images but {labels[-1].size} labels; "
+                            "download the python version again")
+        check_split(labels[-1], num_classes, str(path))
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -165,45 +109,28 @@ def _cifar_bundle(name: str, root: pathlib.Path) -> DataBundle:
     parent = root.parent if root.name == folder else root
     if not (parent / folder).is_dir():
         raise UserError(f"no {folder} under {root}; pass {name}:DIR with the extracted python batches")
-    train = read_cifar_batches(parent / folder, train_names, label_key)
-    test = read_cifar_batches(parent / folder, test_names, label_key)
-    return _array_bundle(name, 10 if name == "cifar10" else 100, train, test)
-
-
-# -- ImageNet-style folders -------------------------------------------------------------------
-def _folder_bundle(root: pathlib.Path, image_size: int) -> DataBundle:
-    from torchvision import datasets
-
-    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise UserError(f"{root} needs train/ and val/ (or test/) sub-directories with one folder per class")
-    mean, std = _NORMALISATION["folder"]
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    train_tf = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *tail])
-    eval_tf = v2.Compose([v2.Resize(int(round(image_size / 0.875)), antialias=True), v2.CenterCrop(image_size),
-                          *tail])
-    train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    train_eval = datasets.ImageFolder(str(root / "train"), transform=eval_tf)
-    test = datasets.ImageFolder(str(test_dir), transform=eval_tf)
-    if test.classes != train.classes:
-        raise UserError(f"{test_dir} and {root / 'train'} have different class folders; make them match")
-    sample, _ = train_eval[0]
-    return DataBundle("folder", len(train.classes), int(sample.shape[0]), image_size, train, train_eval, test)
+    num_classes = 10 if name == "cifar10" else 100
+    train = read_cifar_batches(parent / folder, train_names, label_key, num_classes)
+    test = read_cifar_batches(parent / folder, test_names, label_key, num_classes)
+    return _array_bundle(name, num_classes, train, test)
 
 
 def _mini_bundle() -> DataBundle:
     with np.load(MINI_PATH, allow_pickle=False) as data:
         train = (data["train_images"], data["train_labels"])
         test = (data["test_images"], data["test_labels"])
-    bundle = _array_bundle("fashion-mnist", 10, train, test)
-    bundle.name = "fashion-mnist-mini"
-    return bundle
+    return _array_bundle("fashion-mnist-mini", 10, train, test, stats="fashion-mnist")
 
 
 def load_data(spec: str, image_size: Optional[int] = None) -> DataBundle:
     """Load a dataset by spec: ``fashion-mnist[:DIR]``, ``mnist:DIR``, ``cifar10:DIR``,
-    ``cifar100:DIR``, ``folder:DIR`` (``train/`` + ``val/`` or ``test/``; ``image_size``
-    defaults to 224) or ``fashion-mnist-mini`` (shipped, no download)."""
+    ``cifar100:DIR``, ``folder:DIR`` (``train/`` + ``val/`` or ``test/``, one sub-folder per
+    class; trained at ``image_size`` px, by default the images' native size capped at 224) or
+    ``fashion-mnist-mini`` (shipped, no download).
+
+    The data is checked here, before any training: files readable, labels in range, no empty
+    split, a folder's classes (at least 2) and a sample of its images decodable. Every fault is a
+    :class:`~pssnet.errors.UserError` that names the file. ``image_size`` applies to folders only."""
     name, _, location = spec.partition(":")
     name = name.strip().lower()
     if name == "fashion-mnist-mini":
@@ -220,7 +147,7 @@ def load_data(spec: str, image_size: Optional[int] = None) -> DataBundle:
     if name == "mnist":
         return _idx_bundle(name, root)
     if name == "folder":
-        return _folder_bundle(root, image_size or 224)
+        return folder_bundle(root, image_size)
     return _cifar_bundle(name, root)
 
 

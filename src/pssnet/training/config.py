@@ -60,6 +60,7 @@ class TrainConfig:
     holdout: int = 2000
     luts: list[str] = field(default_factory=list)
     small_input: Optional[bool] = None  # None: decided by image size (<= 64 px)
+    image_size: Optional[int] = None  # folder data: train at this size (None: native size of the images, <= 224)
     resolutions: Optional[list[int]] = None  # [min, max, step]
     width_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
     dropout: float = 0.0  # classifier dropout; 0 keeps the teacher and the reused pool scores noise-free

@@ -1,0 +1,60 @@
+"""What :func:`pssnet.data.load_data` returns: a :class:`DataBundle` of datasets, and the checks
+every bundle's labels and splits pass before training starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset. ``train_eval`` holds the training images without augmentation.
+
+    ``description`` says in one line what was chosen (image size and how it was found,
+    augmentation), for the trainer to print."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+    description: str = ""
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as uint8 ``[N, H, W]`` or ``[N, H, W, C]`` arrays, with a transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        if images.ndim == 3:
+            images = images[:, None]  # [N, 1, H, W]
+        else:
+            images = images.transpose(0, 3, 1, 2)
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))  # own, writable copy
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+def check_split(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse an empty split or labels outside ``[0, num_classes)``; ``where`` names the file(s)."""
+    if len(labels) == 0:
+        raise UserError(f"{where} holds no images; pass a data set with images in every split")
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise UserError(f"{where} has label {bad}, outside 0..{num_classes - 1} for {num_classes} classes; "
+                        "fix or replace the label file")
