@@ -15,7 +15,8 @@ import torch
 from _common import interleaved_medians, parse_args, report
 
 from pssnet import create_supernet
-from pssnet.constraints import Constraint, ResourceMeter
+from pssnet.constraints import Constraint
+from pssnet.resources import ResourceMeter
 from pssnet.sampling import PSSSampler, UniformSampler, build_space_map
 from pssnet.training.step import SandwichStep
 from pssnet.training.trainer import weight_decay_groups

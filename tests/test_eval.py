@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import Subset
 
 from pssnet.calibration import recalibrate_bn
-from pssnet.constraints import ResourceMeter
+from pssnet.resources import ResourceMeter
 from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, split_train, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report

@@ -12,7 +12,7 @@ import torch
 
 from pssnet import count_flops, create_supernet
 from pssnet.cli import main
-from pssnet.constraints import ResourceMeter
+from pssnet.resources import ResourceMeter
 from pssnet.errors import UserError
 from pssnet.latency import LatencyTable, build_table
 from pssnet.space import Subnet

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,8 +97,14 @@ class SearchSpace:
     def resolutions(self) -> tuple[int, ...]:
         return tuple(range(self.min_resolution, self.max_resolution + 1, self.resolution_step))
 
-    def _width_grid(self) -> tuple[int, int]:
+    def _width_steps(self) -> tuple[int, int]:
+        """The smallest and largest multiplier in grid steps (thousandths)."""
         return round(self.min_width * _WIDTH_SCALE), round(self.max_width * _WIDTH_SCALE)
+
+    def width_grid(self) -> np.ndarray:
+        """Every multiplier a stage can take, ascending: ``min_width..max_width`` step 0.001."""
+        lo, hi = self._width_steps()
+        return np.arange(lo, hi + 1) / _WIDTH_SCALE
 
     def largest(self) -> Subnet:
         return Subnet(self.resolutions[-1], (self.max_width,) * self.num_stages)
@@ -108,15 +114,34 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> Subnet:
         """A subnet with resolution and every multiplier drawn uniformly."""
-        lo, hi = self._width_grid()
+        lo, hi = self._width_steps()
         widths = tuple(rng.randint(lo, hi) / _WIDTH_SCALE for _ in self.stage_names)
         return Subnet(rng.choice(self.resolutions), widths)
 
     def sample_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` uniform subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``."""
-        lo, hi = self._width_grid()
+        lo, hi = self._width_steps()
         res = rng.choice(np.asarray(self.resolutions, dtype=np.int64), size=n)
         widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / _WIDTH_SCALE
+        return res, widths
+
+    def sample_spread_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` subnets spread over the whole size range, as arrays like :meth:`sample_arrays`.
+
+        Uniform multipliers concentrate resources around the middle of the range. Here each
+        subnet's multipliers and resolution scatter around one shared random size level in
+        [0, 1] (for half of them pushed towards 0 or 1), so the smallest and largest sizes are
+        drawn as often as the middle ones.
+        """
+        level = rng.random(n)
+        level = np.where(rng.random(n) < 0.5, rng.beta(0.25, 0.25, n), level)  # pushed to the extremes
+        spread = rng.uniform(0.0, 0.3, (n, 1))
+        width_level = np.clip(level[:, None] + spread * rng.standard_normal((n, self.num_stages)), 0.0, 1.0)
+        lo, hi = self._width_steps()
+        widths = np.rint(lo + width_level * (hi - lo)) / _WIDTH_SCALE
+        resolutions = np.asarray(self.resolutions, dtype=np.int64)
+        res_level = np.clip(level + spread[:, 0] * rng.standard_normal(n), 0.0, 1.0)
+        res = resolutions[np.rint(res_level * (len(resolutions) - 1)).astype(np.int64)]
         return res, widths
 
     def validate(self, subnet: Subnet) -> Subnet:
@@ -157,9 +182,3 @@ def subnets_from_arrays(resolutions: np.ndarray, widths: np.ndarray) -> list[Sub
     """Turn array rows (as from :meth:`SearchSpace.sample_arrays`) into :class:`Subnet` objects."""
     return [Subnet(int(r), tuple(w)) for r, w in zip(resolutions.tolist(), widths.tolist())]
 
-
-def subnets_to_arrays(subnets: Sequence[Subnet]) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`subnets_from_arrays`."""
-    res = np.asarray([s.resolution for s in subnets], dtype=np.int64)
-    widths = np.asarray([s.widths for s in subnets], dtype=np.float64)
-    return res, widths

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..constraints import ResourceMeter, parse_constraints
+from ..constraints import parse_constraints
+from ..resources import ResourceMeter
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
 from ..fileio import save_atomic

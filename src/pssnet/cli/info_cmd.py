@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     net = create_supernet(args.arch, args.num_classes, args.in_chans, args.small_input)
     space = net.space
     rows = {"smallest": space.smallest(), "largest": space.largest()}
-    choices = net.layout.channel_choices(space.min_width, space.max_width)
+    choices = net.layout.channel_choices(space.width_grid())
     info = {
         "arch": args.arch,
         "space": space.to_dict(),
