@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 # Multipliers live on a 0.001 grid (the paper samples 3 decimals); storing them rounded keeps
 # equality and hashing exact after a JSON round trip.
 WIDTH_DECIMALS = 3
@@ -34,6 +36,11 @@ def make_divisible_array(values: np.ndarray, divisor: int = 8) -> np.ndarray:
     return np.where(rounded < 0.9 * values, rounded + divisor, rounded)
 
 
+class SpaceError(UserError, ValueError):
+    """A subnet or search space that is not valid: a user mistake (one line in the CLI) that
+    library callers may also catch as ``ValueError``."""
+
+
 @dataclass(frozen=True)
 class Subnet:
     """One member of a supernet: input resolution and a width multiplier per stage."""
@@ -43,7 +50,7 @@ class Subnet:
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or int(self.resolution) != self.resolution:
-            raise ValueError(f"subnet resolution must be an integer, got {self.resolution!r}")
+            raise SpaceError(f"subnet resolution must be an integer, got {self.resolution!r}")
         object.__setattr__(self, "resolution", int(self.resolution))
         object.__setattr__(self, "widths", tuple(round(float(w), WIDTH_DECIMALS) for w in self.widths))
 
@@ -56,7 +63,7 @@ class Subnet:
         try:
             return cls(int(data["resolution"]), tuple(float(w) for w in data["widths"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
+            raise SpaceError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
 
     @property
     def key(self) -> str:
@@ -80,14 +87,14 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not self.stage_names:
-            raise ValueError("a search space needs at least one stage")
+            raise SpaceError("a search space needs at least one stage")
         if not 0 < self.min_resolution <= self.max_resolution or self.resolution_step <= 0:
-            raise ValueError(
+            raise SpaceError(
                 f"bad resolution range {self.min_resolution}:{self.max_resolution}:{self.resolution_step}; "
                 "need 0 < min <= max and step > 0"
             )
         if not 0 < self.min_width <= self.max_width:
-            raise ValueError(f"bad width range [{self.min_width}, {self.max_width}]; need 0 < min <= max")
+            raise SpaceError(f"bad width range [{self.min_width}, {self.max_width}]; need 0 < min <= max")
 
     @property
     def num_stages(self) -> int:
@@ -147,18 +154,18 @@ class SearchSpace:
     def validate(self, subnet: Subnet) -> Subnet:
         """Return ``subnet`` if it belongs to this space, else raise a ValueError naming the fault."""
         if subnet.resolution not in self.resolutions:
-            raise ValueError(
+            raise SpaceError(
                 f"resolution {subnet.resolution} is not in the space "
                 f"({self.min_resolution}..{self.max_resolution} step {self.resolution_step})"
             )
         if len(subnet.widths) != self.num_stages:
-            raise ValueError(
+            raise SpaceError(
                 f"subnet has {len(subnet.widths)} widths but the space has {self.num_stages} stages "
                 f"({', '.join(self.stage_names)})"
             )
         for name, w in zip(self.stage_names, subnet.widths):
             if not self.min_width - 1e-9 <= w <= self.max_width + 1e-9:
-                raise ValueError(
+                raise SpaceError(
                     f"width {w} of stage '{name}' is outside [{self.min_width}, {self.max_width}]"
                 )
         return subnet

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import write_text_atomic
 from ..layout import Layout
+from ..resources import LATENCY_DEVICES
 from ..space import Subnet
 from .keys import block_input_sizes, layout_parts, subnet_keys
 
@@ -125,7 +126,7 @@ class LatencyTable:
             raise UserError(f"{where} is not a {FORMAT} table (format {found!r}): build one with pssnet lut build")
         try:
             device = dict(data["device"])
-            if device.get("type") not in ("cpu", "cuda"):
+            if device.get("type") not in LATENCY_DEVICES.values():
                 raise ValueError(f"device type {device.get('type')!r}")
             config = {k: data[k] for k in ("arch", "small_input", "num_classes", "in_chans",
                                            "resolutions", "width_range")}
