@@ -18,7 +18,8 @@ def _param_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("arch", sorted(pssnet.ARCHITECTURES))
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a
+                                  for a in sorted(pssnet.ARCHITECTURES)])
 def test_directly_built_blocks_equal_the_extracted_subnets_blocks(arch):
     net = create_supernet(arch, num_classes=10, in_chans=1, small_input=True).eval()
     rng = random.Random(7)
