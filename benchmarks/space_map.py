@@ -15,7 +15,8 @@ import numpy as np
 from _common import median_seconds, parse_args, report
 
 from pssnet import create_supernet
-from pssnet.constraints import Constraint, ResourceMeter
+from pssnet.constraints import Constraint
+from pssnet.resources import ResourceMeter
 from pssnet.sampling import build_space_map
 
 

@@ -35,7 +35,8 @@ import torch
 from _common import interleaved_times, parse_args, report
 
 from pssnet import create_supernet
-from pssnet.constraints import Constraint, ResourceMeter
+from pssnet.constraints import Constraint
+from pssnet.resources import ResourceMeter
 from pssnet.sampling import PSSSampler, SpaceMap, SubnetSampler, UniformSampler, build_space_map
 from pssnet.space import Subnet
 from pssnet.supernet import Supernet

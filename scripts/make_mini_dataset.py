@@ -11,21 +11,13 @@ needs no download. Source: Debian's ``dataset-fashion-mnist`` package (MIT licen
 from __future__ import annotations
 
 import argparse
-import gzip
 import pathlib
 
 import numpy as np
 
+from pssnet.data import read_idx
+
 OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "pssnet" / "data" / "fashion_mnist_mini.npz"
-
-
-def read_idx(path: pathlib.Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def find(src: pathlib.Path, stem: str) -> pathlib.Path:

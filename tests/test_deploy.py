@@ -106,6 +106,7 @@ def test_missing_and_invalid_bundles_are_clear_errors(tmp_path):
         AdaptiveNet.load(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_export_matches_switched_supernet_and_all_formats_match_pytorch(bundle_path, tmp_path):
     adaptive = AdaptiveNet.load(bundle_path[0])
     x = torch.randn(3, 1, IMAGE_SIZE, IMAGE_SIZE)

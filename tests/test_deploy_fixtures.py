@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import pssnet
-from pssnet.constraints import Constraint, ResourceMeter, target_key
+from pssnet.constraints import Constraint, target_key
+from pssnet.resources import ResourceMeter
 
 CONSTRAINT = Constraint("flops", 5.0, 11.0, 2.0)
 IMAGE_SIZE = 20

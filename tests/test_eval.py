@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import Subset
 
 from pssnet.calibration import recalibrate_bn
-from pssnet.constraints import ResourceMeter
+from pssnet.resources import ResourceMeter
 from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, split_train, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report
@@ -66,6 +66,7 @@ def test_select_on_test_uses_test_accuracy():
         assert b.selected == int(np.argmax([c.test_acc for c in b.candidates]))
 
 
+@pytest.mark.slow
 def test_uniform_run_searches_same_number_of_candidates_inside_each_bucket():
     run, data = tiny_run("uniform"), tiny_data()
     result, _ = evaluate_run(run, data, CONFIG)
@@ -113,6 +114,7 @@ def test_batches_are_fixed_across_passes():
     assert first == [x.sum().item() for x, _ in b] and len(first) == 3
 
 
+@pytest.mark.slow
 def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
     from pssnet.cli import main
     from pssnet.deploy import AdaptiveNet

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import pssnet
 from pssnet import create_supernet, extract_subnet
 from pssnet.cli import main
 from pssnet.errors import UserError
@@ -21,6 +22,8 @@ from pssnet.timing import MeasureSettings
 
 FAST = MeasureSettings(warmup=0, repeats=1, rounds=1, min_sample_ms=0.0)
 REDUCED = dict(num_classes=10, in_chans=1, small_input=True, resolutions=(24, 28, 4), width_range=(0.9, 1.0))
+# Narrower spaces for architectures whose full small-input space has very many configurations.
+NARROW = {"resnet50": dict(width_range=(0.95, 1.0))}
 
 
 def _field(key: str, prefix: str) -> int:
@@ -45,10 +48,8 @@ def tiny_table(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch, kwargs", [
-    ("mobilenet_v2", dict(small_input=True)),
+    *[(arch, dict(small_input=True, **NARROW.get(arch, {}))) for arch in sorted(pssnet.ARCHITECTURES)],
     ("mobilenet_v2", dict(small_input=False)),
-    ("mobilenet_v1", dict(small_input=True)),
-    ("resnet50", dict(small_input=True, width_range=(0.95, 1.0))),
 ])
 def test_enumeration_covers_the_blocks_of_random_subnets(arch, kwargs):
     net = create_supernet(arch, num_classes=10, in_chans=1, **kwargs)
@@ -140,6 +141,7 @@ def test_json_round_trip(tiny_table, tmp_path):
     assert loaded.predict(net.layout, s) == table.predict(net.layout, s)
 
 
+@pytest.mark.slow
 def test_build_resumes_after_interruption(tmp_path, monkeypatch):
     import pssnet.timing as timing
 
@@ -200,14 +202,14 @@ def test_missing_entry_is_a_clear_error(tiny_table):
         table.predict(other.layout, other.space.smallest())
 
 
-def test_scalar_and_vectorised_predictions_agree():
-    for arch in ("mobilenet_v2", "mobilenet_v1"):
-        net = create_supernet(arch, num_classes=10, in_chans=1, small_input=True)
-        table = _synthetic_table(net)
-        res, widths = net.space.sample_arrays(2000, np.random.default_rng(5))
-        vectorised = table.predict_arrays(net.layout, res, widths)
-        scalar = [table.predict(net.layout, s) for s in subnets_from_arrays(res, widths)]
-        np.testing.assert_allclose(vectorised, scalar, rtol=1e-12)
+@pytest.mark.parametrize("arch", sorted(pssnet.ARCHITECTURES))
+def test_scalar_and_vectorised_predictions_agree(arch):
+    net = create_supernet(arch, num_classes=10, in_chans=1, small_input=True, **NARROW.get(arch, {}))
+    table = _synthetic_table(net)
+    res, widths = net.space.sample_arrays(2000, np.random.default_rng(5))
+    vectorised = table.predict_arrays(net.layout, res, widths)
+    scalar = [table.predict(net.layout, s) for s in subnets_from_arrays(res, widths)]
+    np.testing.assert_allclose(vectorised, scalar, rtol=1e-12)
 
 
 def test_vectorised_prediction_handles_a_million_subnets():
@@ -232,6 +234,7 @@ def test_bad_files_are_user_errors(tmp_path):
         MeasureSettings(device="tpu")
 
 
+@pytest.mark.slow
 def test_cli_build_and_show(tmp_path, capsys):
     out = tmp_path / "cli.json"
     argv = ["lut", "build", "--arch", "mobilenet_v2", "--small-input", "--num-classes", "10", "--in-chans", "1",

@@ -12,11 +12,13 @@ import torch
 
 from pssnet import count_flops, create_supernet
 from pssnet.cli import main
-from pssnet.constraints import ResourceMeter
+from pssnet.resources import ResourceMeter
 from pssnet.errors import UserError
 from pssnet.latency import LatencyTable, build_table
 from pssnet.space import Subnet
 from pssnet.timing import MeasureSettings
+
+pytestmark = pytest.mark.slow  # every test here takes several seconds
 
 # The space `pssnet train --data fashion-mnist-mini --resolutions 28:28:4` trains (28 px, small input).
 SPACE = dict(num_classes=10, in_chans=1, small_input=True, resolutions=(28, 28, 4))

@@ -9,7 +9,7 @@ import pssnet
 from pssnet import Subnet
 from pssnet.space import subnets_from_arrays
 
-ARCHS = ["mobilenet_v1", "mobilenet_v2", "resnet50"]
+ARCHS = sorted(pssnet.ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pssnet import count_flops, count_params, create_supernet
-from pssnet.constraints import Constraint, ResourceMeter, auto_constraint, parse_constraints, target_key
+from pssnet.constraints import Constraint, auto_constraint, parse_constraints, target_key
+from pssnet.resources import ResourceMeter
 from pssnet.errors import UserError
 
 

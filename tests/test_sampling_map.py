@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pssnet import count_flops, count_params, create_supernet
-from pssnet.constraints import Constraint, ResourceMeter
+from pssnet.constraints import Constraint
+from pssnet.resources import ResourceMeter
 from pssnet.sampling import build_space_map, map_cache_key
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pssnet import create_supernet
-from pssnet.constraints import Constraint, ResourceMeter
+from pssnet.constraints import Constraint
+from pssnet.resources import ResourceMeter
 from pssnet.sampling import PSSSampler, SubnetPool, UniformSampler, build_space_map, exp_schedule
 from pssnet.space import Subnet
 

@@ -8,7 +8,7 @@ import pssnet
 from pssnet import Subnet
 from pssnet.pretrained import torchvision_names
 
-ARCHS = ["mobilenet_v1", "mobilenet_v2", "resnet50"]
+ARCHS = sorted(pssnet.ARCHITECTURES)
 
 
 def _randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
@@ -68,32 +68,28 @@ def test_training_step_through_slices_equals_static_model():
     assert torch.allclose(head_super[:, : head_static.shape[1]], head_static, atol=1e-6)
 
 
-def test_largest_mobilenet_v2_is_torchvisions():
+# The registered architectures whose largest subnet is a torchvision model: (torchvision
+# constructor, its parameter count, output tolerance).
+TORCHVISION_TWINS = {
+    "mobilenet_v2": (torchvision.models.mobilenet_v2, 3_504_872, 1e-5),
+    "resnet50": (torchvision.models.resnet50, 25_557_032, 1e-4),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_TWINS))
+def test_largest_subnet_is_torchvisions(arch):
+    make_reference, num_params, tolerance = TORCHVISION_TWINS[arch]
     torch.manual_seed(0)
-    net = pssnet.create_supernet("mobilenet_v2")
+    net = pssnet.create_supernet(arch)
     _randomize_bn(net)
     largest = Subnet(224, net.space.largest().widths)
     static = pssnet.extract_subnet(net, largest).eval()
-    reference = torchvision.models.mobilenet_v2().eval()
-    assert sum(p.numel() for p in reference.parameters()) == 3_504_872 == pssnet.count_params(net, largest)
+    reference = make_reference().eval()
+    assert sum(p.numel() for p in reference.parameters()) == num_params == pssnet.count_params(net, largest)
     reference.load_state_dict(_as_torchvision(net, static))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert (reference(x) - static(x)).abs().max().item() <= 1e-5
-
-
-def test_largest_resnet50_is_torchvisions():
-    torch.manual_seed(0)
-    net = pssnet.create_supernet("resnet50")
-    _randomize_bn(net)
-    largest = Subnet(224, net.space.largest().widths)
-    static = pssnet.extract_subnet(net, largest).eval()
-    reference = torchvision.models.resnet50().eval()
-    assert sum(p.numel() for p in reference.parameters()) == 25_557_032 == pssnet.count_params(net, largest)
-    reference.load_state_dict(_as_torchvision(net, static))
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert (reference(x) - static(x)).abs().max().item() <= 1e-4
+        assert (reference(x) - static(x)).abs().max().item() <= tolerance
 
 
 def test_forward_resizes_to_the_subnet_resolution():

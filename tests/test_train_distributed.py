@@ -7,10 +7,13 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 
 from pssnet.training.distributed import digest
 from test_train_e2e import _args
+
+pytestmark = pytest.mark.slow  # every test here takes several seconds
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 

@@ -21,6 +21,7 @@ def _args(out, *extra):
     return ["train", *TINY_ARGS, "--out", str(out), "--map-cache", str(out.parent / "maps"), *extra]
 
 
+@pytest.mark.slow
 def test_train_writes_run_dir_and_fills_pools(tmp_path):
     out = tmp_path / "run"
     assert main(_args(out, "--max-iters", "14")) == 0

@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from pssnet.cli import main
 from test_train_e2e import _args
+
+pytestmark = pytest.mark.slow  # every test here takes several seconds
 
 ITERS = "16"
 

@@ -1,4 +1,4 @@
-"""Resource constraints: budget grids, bucket arithmetic, and measuring any resource kind.
+"""Resource constraints: budget grids and bucket arithmetic.
 
 A constraint is one resource kind with a grid of budget targets ``start:stop:step``. A value's
 bucket is the nearest grid point, ties rounding *up* (never to even):
@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
 from .errors import UserError
-from .layout import Layout
-from .resources import count_flops, count_params, flops_array, params_array
-from .space import SearchSpace, Subnet
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .latency import LatencyTable
-
-KINDS = ("flops", "params", "latency_cpu", "latency_gpu")
-UNITS = {"flops": "MFLOPs", "params": "M params", "latency_cpu": "ms", "latency_gpu": "ms"}
-LATENCY_DEVICES = {"latency_cpu": "cpu", "latency_gpu": "cuda"}
+from .resources import KINDS, UNITS, ResourceMeter
+from .space import SearchSpace
 
 # Grid values are rounded to this many decimals so that targets computed two ways compare equal.
 _DECIMALS = 6
@@ -118,51 +110,6 @@ class Constraint:
 def target_key(target: float) -> str:
     """The JSON key of a budget target (``120.0`` -> ``"120.0"``)."""
     return repr(float(_clean(target)))
-
-
-class ResourceMeter:
-    """Measures any constraint kind of a supernet's subnets (FLOPs, params, table latency)."""
-
-    def __init__(self, net_or_layout, luts: Mapping[str, "LatencyTable"] | None = None) -> None:
-        self.layout: Layout = net_or_layout if isinstance(net_or_layout, Layout) else net_or_layout.layout
-        self.luts: dict[str, "LatencyTable"] = dict(luts or {})
-        for kind, table in self.luts.items():
-            if kind not in LATENCY_DEVICES:
-                raise UserError(f"a latency table was given for '{kind}'; tables are for latency_cpu or latency_gpu")
-            if getattr(table, "device", LATENCY_DEVICES[kind]) != LATENCY_DEVICES[kind]:
-                raise UserError(f"the table given for {kind} was measured on '{table.device}'; "
-                                f"pass a table built on '{LATENCY_DEVICES[kind]}' (pssnet lut build)")
-
-    def _table(self, kind: str) -> "LatencyTable":
-        if kind not in KINDS:
-            raise UserError(f"unknown constraint type '{kind}'; use one of {', '.join(KINDS)}")
-        table = self.luts.get(kind)
-        if table is None:
-            raise UserError(f"{kind} needs a latency table: pass --lut FILE (build one with pssnet lut build)")
-        return table
-
-    def can_measure(self, kind: str) -> bool:
-        return kind in ("flops", "params") or kind in self.luts
-
-    def measure(self, kind: str, subnet: Subnet) -> float:
-        """One subnet's resource value in the kind's unit."""
-        if kind == "flops":
-            return count_flops(self.layout, subnet)
-        if kind == "params":
-            return count_params(self.layout, subnet) / 1e6
-        return float(self._table(kind).predict(self.layout, subnet))
-
-    def measure_arrays(self, kind: str, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`measure` for many subnets given as arrays."""
-        if kind == "flops":
-            return flops_array(self.layout, resolutions, widths)
-        if kind == "params":
-            return params_array(self.layout, resolutions, widths) / 1e6
-        return np.asarray(self._table(kind).predict_arrays(self.layout, resolutions, widths), dtype=np.float64)
-
-    def measure_all(self, subnet: Subnet) -> dict[str, float]:
-        """Every kind this meter can measure (latency only where a table is present)."""
-        return {kind: self.measure(kind, subnet) for kind in KINDS if self.can_measure(kind)}
 
 
 def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: int = 40) -> Constraint:

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .calibration import bn_layers, bn_statistics, recalibrate_bn
-from .constraints import Constraint, ResourceMeter, target_key
+from .constraints import Constraint, target_key
+from .resources import ResourceMeter
 from .data import load_data, split_train
 from .errors import UserError
 from .fileio import write_text_atomic

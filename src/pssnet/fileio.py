@@ -1,5 +1,5 @@
-"""Atomic file writes (every file pssnet writes appears whole or not at all) and the one safe
-reader of pssnet's torch files.
+"""Files pssnet writes and reads: atomic writes (every file appears whole or not at all), the
+check of an output directory, and the one safe reader of pssnet's torch files.
 
 A killed process or a full disk leaves at most a stray temporary file next to the target, never
 a truncated checkpoint, table or bundle in its place.
@@ -39,6 +39,17 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def output_dir(path: PathLike | None, flag: str = "--out") -> Path:
+    """``path`` as the directory to write into, or a :class:`UserError` naming ``flag`` when it is
+    missing or names something that is not a directory."""
+    if path is None or not str(path):
+        raise UserError(f"no output directory given; pass {flag} DIR")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a directory; choose a directory")
+    return path
 
 
 def save_atomic(obj: Any, path: PathLike) -> None:

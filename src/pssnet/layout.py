@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .space import make_divisible
+import numpy as np
+
+from .space import make_divisible, make_divisible_array
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,6 @@ class Width:
     group: int | None
     factor: int = 1
     fixed: int = 0
-
-    @staticmethod
-    def of_group(group: int, factor: int = 1) -> "Width":
-        return Width(group, factor)
 
     @staticmethod
     def constant(channels: int) -> "Width":
@@ -104,7 +102,15 @@ class Layout:
             raise ValueError(f"{self.name} has {len(self.base_channels)} width multipliers, got {len(widths)}")
         return tuple(make_divisible(base * w) for base, w in zip(self.base_channels, widths))
 
-    def channel_choices(self, min_width: float, max_width: float) -> tuple[tuple[int, ...], ...]:
-        """Every channel count each group can take for multipliers on the 0.001 grid."""
-        grid = [w / 1000 for w in range(round(min_width * 1000), round(max_width * 1000) + 1)]
-        return tuple(tuple(sorted({make_divisible(base * w) for w in grid})) for base in self.base_channels)
+    def group_channels_array(self, widths: np.ndarray) -> list[np.ndarray]:
+        """Vectorised :meth:`group_channels`: multipliers ``[n, groups]`` -> one ``[n]`` array per group."""
+        widths = np.asarray(widths, dtype=np.float64)
+        if widths.ndim != 2 or widths.shape[1] != len(self.base_channels):
+            raise ValueError(f"widths must have shape [n, {len(self.base_channels)}], got {widths.shape}")
+        return [make_divisible_array(base * widths[:, g]) for g, base in enumerate(self.base_channels)]
+
+    def channel_choices(self, width_grid: np.ndarray) -> tuple[tuple[int, ...], ...]:
+        """The sorted distinct channel counts each group takes over the multipliers ``width_grid``
+        (e.g. :meth:`SearchSpace.width_grid`)."""
+        grid = np.asarray(width_grid, dtype=np.float64)
+        return tuple(tuple(np.unique(make_divisible_array(base * grid)).tolist()) for base in self.base_channels)

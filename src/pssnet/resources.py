@@ -1,4 +1,5 @@
-"""Resource counting: FLOPs (millions of multiply-accumulates) and parameters.
+"""Resources of subnets: the resource kinds, FLOPs and parameter counters, and the meter that
+measures any kind (counted, or predicted by a latency table).
 
 One walk over the layout serves both a single subnet (Python ints) and many subnets at once
 (numpy arrays): the arithmetic is written once and works for either kind of number.
@@ -9,14 +10,31 @@ is what ``torch.utils.flop_counter.FlopCounterMode`` measures (at 2 FLOPs per MA
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Sequence, Union
 
 import numpy as np
 
+from .errors import UserError
 from .layout import ConvSpec, Layout
-from .space import Subnet, make_divisible_array
+from .space import Subnet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .latency import LatencyTable
 
 Number = Union[int, np.ndarray]
+
+KINDS = ("flops", "params", "latency_cpu", "latency_gpu")
+UNITS = {"flops": "MFLOPs", "params": "M params", "latency_cpu": "ms", "latency_gpu": "ms"}
+# The device type a latency table must be measured on to serve each latency kind.
+LATENCY_DEVICES = {"latency_cpu": "cpu", "latency_gpu": "cuda"}
+
+
+def latency_kind_for(device: str) -> str:
+    """The latency kind a table measured on ``device`` (``"cpu"`` or ``"cuda"``) serves."""
+    for kind, table_device in LATENCY_DEVICES.items():
+        if table_device == device:
+            return kind
+    raise UserError(f"latency tables are measured on {' or '.join(LATENCY_DEVICES.values())}, not '{device}'")
 
 
 def _layout_of(net_or_layout) -> Layout:
@@ -74,17 +92,10 @@ def count_params(net_or_layout, subnet: Subnet) -> int:
     return _count(layout, subnet.resolution, layout.group_channels(subnet.widths))[1]
 
 
-def _group_channels_array(layout: Layout, widths: np.ndarray) -> list[np.ndarray]:
-    widths = np.asarray(widths, dtype=np.float64)
-    if widths.ndim != 2 or widths.shape[1] != len(layout.base_channels):
-        raise ValueError(f"widths must have shape [n, {len(layout.base_channels)}], got {widths.shape}")
-    return [make_divisible_array(base * widths[:, g]) for g, base in enumerate(layout.base_channels)]
-
-
 def count_arrays(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised counts for many subnets: (FLOPs in millions ``[n]``, parameters ``[n]``)."""
     layout = _layout_of(net_or_layout)
-    channels = _group_channels_array(layout, widths)
+    channels = layout.group_channels_array(widths)
     res = np.asarray(resolutions, dtype=np.int64)
     macs, params = _count(layout, res, channels)
     n = res.shape[0]
@@ -99,3 +110,48 @@ def flops_array(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> n
 def params_array(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Parameter counts of many subnets at once."""
     return count_arrays(net_or_layout, resolutions, widths)[1]
+
+
+class ResourceMeter:
+    """Measures any constraint kind of a supernet's subnets (FLOPs, params, table latency)."""
+
+    def __init__(self, net_or_layout, luts: Mapping[str, "LatencyTable"] | None = None) -> None:
+        self.layout: Layout = _layout_of(net_or_layout)
+        self.luts: dict[str, "LatencyTable"] = dict(luts or {})
+        for kind, table in self.luts.items():
+            if kind not in LATENCY_DEVICES:
+                raise UserError(f"a latency table was given for '{kind}'; tables are for latency_cpu or latency_gpu")
+            if getattr(table, "device", LATENCY_DEVICES[kind]) != LATENCY_DEVICES[kind]:
+                raise UserError(f"the table given for {kind} was measured on '{table.device}'; "
+                                f"pass a table built on '{LATENCY_DEVICES[kind]}' (pssnet lut build)")
+
+    def _table(self, kind: str) -> "LatencyTable":
+        if kind not in KINDS:
+            raise UserError(f"unknown constraint type '{kind}'; use one of {', '.join(KINDS)}")
+        table = self.luts.get(kind)
+        if table is None:
+            raise UserError(f"{kind} needs a latency table: pass --lut FILE (build one with pssnet lut build)")
+        return table
+
+    def can_measure(self, kind: str) -> bool:
+        return kind in ("flops", "params") or kind in self.luts
+
+    def measure(self, kind: str, subnet: Subnet) -> float:
+        """One subnet's resource value in the kind's unit."""
+        if kind == "flops":
+            return count_flops(self.layout, subnet)
+        if kind == "params":
+            return count_params(self.layout, subnet) / 1e6
+        return float(self._table(kind).predict(self.layout, subnet))
+
+    def measure_arrays(self, kind: str, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`measure` for many subnets given as arrays."""
+        if kind == "flops":
+            return flops_array(self.layout, resolutions, widths)
+        if kind == "params":
+            return params_array(self.layout, resolutions, widths) / 1e6
+        return np.asarray(self._table(kind).predict_arrays(self.layout, resolutions, widths), dtype=np.float64)
+
+    def measure_all(self, subnet: Subnet) -> dict[str, float]:
+        """Every kind this meter can measure (latency only where a table is present)."""
+        return {kind: self.measure(kind, subnet) for kind in KINDS if self.can_measure(kind)}

@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from .errors import UserError
 
 # Multipliers live on a 0.001 grid (the paper samples 3 decimals); storing them rounded keeps
 # equality and hashing exact after a JSON round trip.
@@ -34,6 +36,11 @@ def make_divisible_array(values: np.ndarray, divisor: int = 8) -> np.ndarray:
     return np.where(rounded < 0.9 * values, rounded + divisor, rounded)
 
 
+class SpaceError(UserError, ValueError):
+    """A subnet or search space that is not valid: a user mistake (one line in the CLI) that
+    library callers may also catch as ``ValueError``."""
+
+
 @dataclass(frozen=True)
 class Subnet:
     """One member of a supernet: input resolution and a width multiplier per stage."""
@@ -43,7 +50,7 @@ class Subnet:
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or int(self.resolution) != self.resolution:
-            raise ValueError(f"subnet resolution must be an integer, got {self.resolution!r}")
+            raise SpaceError(f"subnet resolution must be an integer, got {self.resolution!r}")
         object.__setattr__(self, "resolution", int(self.resolution))
         object.__setattr__(self, "widths", tuple(round(float(w), WIDTH_DECIMALS) for w in self.widths))
 
@@ -56,7 +63,7 @@ class Subnet:
         try:
             return cls(int(data["resolution"]), tuple(float(w) for w in data["widths"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
+            raise SpaceError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
 
     @property
     def key(self) -> str:
@@ -80,14 +87,14 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not self.stage_names:
-            raise ValueError("a search space needs at least one stage")
+            raise SpaceError("a search space needs at least one stage")
         if not 0 < self.min_resolution <= self.max_resolution or self.resolution_step <= 0:
-            raise ValueError(
+            raise SpaceError(
                 f"bad resolution range {self.min_resolution}:{self.max_resolution}:{self.resolution_step}; "
                 "need 0 < min <= max and step > 0"
             )
         if not 0 < self.min_width <= self.max_width:
-            raise ValueError(f"bad width range [{self.min_width}, {self.max_width}]; need 0 < min <= max")
+            raise SpaceError(f"bad width range [{self.min_width}, {self.max_width}]; need 0 < min <= max")
 
     @property
     def num_stages(self) -> int:
@@ -97,8 +104,14 @@ class SearchSpace:
     def resolutions(self) -> tuple[int, ...]:
         return tuple(range(self.min_resolution, self.max_resolution + 1, self.resolution_step))
 
-    def _width_grid(self) -> tuple[int, int]:
+    def _width_steps(self) -> tuple[int, int]:
+        """The smallest and largest multiplier in grid steps (thousandths)."""
         return round(self.min_width * _WIDTH_SCALE), round(self.max_width * _WIDTH_SCALE)
+
+    def width_grid(self) -> np.ndarray:
+        """Every multiplier a stage can take, ascending: ``min_width..max_width`` step 0.001."""
+        lo, hi = self._width_steps()
+        return np.arange(lo, hi + 1) / _WIDTH_SCALE
 
     def largest(self) -> Subnet:
         return Subnet(self.resolutions[-1], (self.max_width,) * self.num_stages)
@@ -108,32 +121,51 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> Subnet:
         """A subnet with resolution and every multiplier drawn uniformly."""
-        lo, hi = self._width_grid()
+        lo, hi = self._width_steps()
         widths = tuple(rng.randint(lo, hi) / _WIDTH_SCALE for _ in self.stage_names)
         return Subnet(rng.choice(self.resolutions), widths)
 
     def sample_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` uniform subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``."""
-        lo, hi = self._width_grid()
+        lo, hi = self._width_steps()
         res = rng.choice(np.asarray(self.resolutions, dtype=np.int64), size=n)
         widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / _WIDTH_SCALE
+        return res, widths
+
+    def sample_spread_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` subnets spread over the whole size range, as arrays like :meth:`sample_arrays`.
+
+        Uniform multipliers concentrate resources around the middle of the range. Here each
+        subnet's multipliers and resolution scatter around one shared random size level in
+        [0, 1] (for half of them pushed towards 0 or 1), so the smallest and largest sizes are
+        drawn as often as the middle ones.
+        """
+        level = rng.random(n)
+        level = np.where(rng.random(n) < 0.5, rng.beta(0.25, 0.25, n), level)  # pushed to the extremes
+        spread = rng.uniform(0.0, 0.3, (n, 1))
+        width_level = np.clip(level[:, None] + spread * rng.standard_normal((n, self.num_stages)), 0.0, 1.0)
+        lo, hi = self._width_steps()
+        widths = np.rint(lo + width_level * (hi - lo)) / _WIDTH_SCALE
+        resolutions = np.asarray(self.resolutions, dtype=np.int64)
+        res_level = np.clip(level + spread[:, 0] * rng.standard_normal(n), 0.0, 1.0)
+        res = resolutions[np.rint(res_level * (len(resolutions) - 1)).astype(np.int64)]
         return res, widths
 
     def validate(self, subnet: Subnet) -> Subnet:
         """Return ``subnet`` if it belongs to this space, else raise a ValueError naming the fault."""
         if subnet.resolution not in self.resolutions:
-            raise ValueError(
+            raise SpaceError(
                 f"resolution {subnet.resolution} is not in the space "
                 f"({self.min_resolution}..{self.max_resolution} step {self.resolution_step})"
             )
         if len(subnet.widths) != self.num_stages:
-            raise ValueError(
+            raise SpaceError(
                 f"subnet has {len(subnet.widths)} widths but the space has {self.num_stages} stages "
                 f"({', '.join(self.stage_names)})"
             )
         for name, w in zip(self.stage_names, subnet.widths):
             if not self.min_width - 1e-9 <= w <= self.max_width + 1e-9:
-                raise ValueError(
+                raise SpaceError(
                     f"width {w} of stage '{name}' is outside [{self.min_width}, {self.max_width}]"
                 )
         return subnet
@@ -157,9 +189,3 @@ def subnets_from_arrays(resolutions: np.ndarray, widths: np.ndarray) -> list[Sub
     """Turn array rows (as from :meth:`SearchSpace.sample_arrays`) into :class:`Subnet` objects."""
     return [Subnet(int(r), tuple(w)) for r, w in zip(resolutions.tolist(), widths.tolist())]
 
-
-def subnets_to_arrays(subnets: Sequence[Subnet]) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`subnets_from_arrays`."""
-    res = np.asarray([s.resolution for s in subnets], dtype=np.int64)
-    widths = np.asarray([s.widths for s in subnets], dtype=np.float64)
-    return res, widths

@@ -1,4 +1,4 @@
-"""Timing of callables on the CPU or a CUDA device, and where the timing happened.
+"""Timing of callables on the CPU or a CUDA device.
 
 CPU samples loop very short calls so that timer resolution averages out; CUDA samples use
 events. :func:`time_calls` interleaves the calls in rounds, so that a burst of load on a shared
@@ -7,8 +7,6 @@ machine spreads over all of them instead of biasing one.
 
 from __future__ import annotations
 
-import pathlib
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -111,28 +109,3 @@ def time_calls_ms(calls: Mapping[str, Callable[[], object]], settings: MeasureSe
     """Milliseconds per call of each function: the settings' statistic over its samples."""
     return {key: summarize(values, settings.statistic)
             for key, values in time_calls(calls, settings, on_round).items()}
-
-
-def describe_device(settings: MeasureSettings) -> dict[str, Any]:
-    """Plain-data description of where a table was measured."""
-    info: dict[str, Any] = {
-        "type": settings.device,
-        "cpu": _cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if settings.device == "cuda":
-        info["cuda"] = torch.cuda.get_device_name()
-        info["cuda_version"] = torch.version.cuda
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

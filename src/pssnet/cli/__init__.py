@@ -8,10 +8,10 @@ import sys
 from typing import Sequence
 
 from ..errors import UserError
-from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, resources_cmd, train_cmd
+from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, info_cmd, train_cmd
 
 # Each module adds its sub-command parser and sets ``func`` to the function that runs it.
-COMMAND_MODULES = [resources_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd]
+COMMAND_MODULES = [info_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,16 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A :class:`UserError` (a user mistake) is one line and exit 2; anything
+    else is a bug in pssnet: one line naming it and exit 1 (``PSSNET_DEBUG=1`` shows the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
-        if os.environ.get("PSSNET_DEBUG"):
-            raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"pssnet {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"pssnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("PSSNET_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UserError):
+            print(f"pssnet {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"pssnet {args.command}: internal error: {type(exc).__name__}: {message} "
+              "(a bug in pssnet; run again with PSSNET_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..constraints import Constraint, ResourceMeter, target_key
+from ..constraints import Constraint, target_key
+from ..resources import ResourceMeter
 from ..space import SearchSpace, Subnet
 from .pool import SubnetPool
 from .space_map import SpaceMap

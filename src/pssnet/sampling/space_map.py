@@ -6,8 +6,8 @@ that bucket is counted. A draw for target ``t`` samples each dimension from ``t`
 distributions and retries until the result lands in bucket ``t``.
 
 Uniform multipliers concentrate resources around the middle of the range, so the extreme
-targets would get few or no observations. Half of the draws therefore share one random "size
-level" across all dimensions (often pushed towards 0 or 1), which spreads them over the whole
+targets would get few or no observations. Half of the draws therefore come from
+:meth:`~pssnet.space.SearchSpace.sample_spread_arrays`, which spreads them over the whole
 range; the smallest and largest subnets are always included.
 """
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..constraints import Constraint, ResourceMeter
+from ..constraints import Constraint
 from ..errors import UserError
 from ..fileio import atomic_write
+from ..resources import ResourceMeter
 from ..space import WIDTH_DECIMALS, SearchSpace, Subnet
 
 MAP_VERSION = 1
@@ -40,26 +41,12 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(root) / "space_maps"
 
 
-def _width_values(space: SearchSpace) -> np.ndarray:
-    lo, hi = round(space.min_width * _SCALE), round(space.max_width * _SCALE)
-    return np.arange(lo, hi + 1) / _SCALE
-
-
 def _candidate_draws(space: SearchSpace, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Half uniform subnets (the paper's draws), half spread over the whole size range."""
     n_uniform = n // 2
     res_u, widths_u = space.sample_arrays(n_uniform, rng)
-    m, stages = n - n_uniform, space.num_stages
-    level = rng.random(m)
-    level = np.where(rng.random(m) < 0.5, rng.beta(0.25, 0.25, m), level)  # pushed to the extremes
-    spread = rng.uniform(0.0, 0.3, (m, 1))
-    width_level = np.clip(level[:, None] + spread * rng.standard_normal((m, stages)), 0.0, 1.0)
-    lo, hi = round(space.min_width * _SCALE), round(space.max_width * _SCALE)
-    widths_l = np.rint(lo + width_level * (hi - lo)) / _SCALE
-    resolutions = np.asarray(space.resolutions, dtype=np.int64)
-    res_level = np.clip(level + spread[:, 0] * rng.standard_normal(m), 0.0, 1.0)
-    res_l = resolutions[np.rint(res_level * (len(resolutions) - 1)).astype(np.int64)]
-    return np.concatenate([res_u, res_l]), np.concatenate([widths_u, widths_l])
+    res_s, widths_s = space.sample_spread_arrays(n - n_uniform, rng)
+    return np.concatenate([res_u, res_s]), np.concatenate([widths_u, widths_s])
 
 
 @dataclass
@@ -154,7 +141,7 @@ def _accumulate(space: SearchSpace, constraint: Constraint, meter: ResourceMeter
                 rng: np.random.Generator):
     targets, stages = len(constraint.targets), space.num_stages
     resolutions = np.asarray(space.resolutions, dtype=np.int64)
-    width_values = _width_values(space)
+    width_values = space.width_grid()
     res_counts = np.zeros(targets * len(resolutions), dtype=np.int64)
     width_counts = np.zeros(targets * stages * len(width_values), dtype=np.int64)
     ex_res = np.zeros((targets, _EXEMPLARS), dtype=np.int64)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import UserError
+from ..devices import resolve_device
 
 
 @dataclass
@@ -57,24 +57,11 @@ class DistContext:
             dist.barrier()
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` picks the local rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no GPU is available; use --device cpu")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device("cpu")
-
-
 def init_distributed(device_name: str = "auto", timeout_minutes: float = 10.0) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank)
     if world_size <= 1:
         return DistContext(device=device)
     if device.type == "cuda":

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..constraints import ResourceMeter, parse_constraints
+from ..constraints import parse_constraints
+from ..resources import ResourceMeter, latency_kind_for
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
 from ..fileio import save_atomic
@@ -81,10 +82,8 @@ def _load_luts(paths: list[str]) -> dict[str, Any]:
 
     luts = {}
     for path in paths:
-        if not pathlib.Path(path).is_file():
-            raise UserError(f"latency table {path} does not exist; build one with pssnet lut build")
         table = LatencyTable.load(path)
-        kind = "latency_gpu" if table.device == "cuda" else "latency_cpu"
+        kind = latency_kind_for(table.device)
         if kind in luts:
             raise UserError(f"two latency tables for {kind} given; pass one --lut per device")
         luts[kind] = table

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..architectures import ARCHITECTURES
+from ..errors import UserError
 from ..resources import count_flops, count_params
 from ..supernet import create_supernet
 
@@ -23,10 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.num_classes < 1 or args.in_chans < 1:
+        raise UserError("--num-classes and --in-chans must be >= 1")
     net = create_supernet(args.arch, args.num_classes, args.in_chans, args.small_input)
     space = net.space
     rows = {"smallest": space.smallest(), "largest": space.largest()}
-    choices = net.layout.channel_choices(space.min_width, space.max_width)
+    choices = net.layout.channel_choices(space.width_grid())
     info = {
         "arch": args.arch,
         "space": space.to_dict(),
