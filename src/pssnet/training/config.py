@@ -166,7 +166,8 @@ _IMAGENET = {"epochs": 250, "batch_size": 1024, "small_input": False}
 _SMALL = {"epochs": 30, "batch_size": 128, "small_input": True,
           "recipe": {"lr": 0.1, "weight_decay": 5e-5, "warmup_epochs": 1.0}}
 _MINI = {"arch": "mobilenet_v2", "data": "fashion-mnist-mini", "constraints": ["flops:11:24:1"],
-         **{**_SMALL, "epochs": 5, "batch_size": 64, "recipe": {"lr": 0.05, "weight_decay": 5e-5, "warmup_epochs": 0.2}}}
+         **{**_SMALL, "epochs": 5, "batch_size": 64,
+            "recipe": {"lr": 0.05, "weight_decay": 5e-5, "warmup_epochs": 0.2}}}
 
 
 def _latency_presets(prefix: str, arch: str, flops: str) -> dict[str, dict[str, Any]]:

@@ -52,10 +52,6 @@ class DistContext:
         dist.all_gather_object(values, value)
         return values
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` picks the local rank's GPU."""
