@@ -88,18 +88,26 @@ def flags_of(cls: type) -> list[Flag]:
     return [Flag(name, tuple(opts)) for name, opts in by_name.items()]
 
 
+def help_sections(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per ``group`` title of ``flags``, in the order of first appearance."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for flag in flags:
+        title = flag.meta.get("group")
+        if title is not None and title not in sections:
+            sections[title] = parser.add_argument_group(title)
+    return sections
+
+
 def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag],
-              groups: dict[str, argparse._ArgumentGroup]) -> None:
-    """Add ``flags`` to the help section their ``group`` names, section by section in the order of
-    ``groups`` (a missing section is created after them), each in declaration order."""
+              sections: dict[str, argparse._ArgumentGroup] | None = None) -> None:
+    """Add ``flags`` to the help section their ``group`` names (see :func:`help_sections`),
+    section by section, each in declaration order; a flag without a group goes to ``parser``."""
     flags = list(flags)
-    for title in [f.meta.get("group") for f in flags]:
-        if title is not None and title not in groups:
-            groups[title] = parser.add_argument_group(title)
-    order = {title: i for i, title in enumerate(groups)}
+    sections = {**help_sections(parser, flags), **(sections or {})}
+    order = {title: i for i, title in enumerate(sections)}
     for flag in sorted(flags, key=lambda f: order.get(f.meta.get("group"), -1)):
         title = flag.meta.get("group")
-        flag.add_to(parser if title is None else groups[title])
+        flag.add_to(parser if title is None else sections[title])
 
 
 def apply_flags(config: Any, args: argparse.Namespace, flags: Iterable[Flag]) -> Any:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .dataclass_args import add_flags, apply_flags, flags_of
+from .dataclass_args import add_flags, apply_flags, flags_of, help_sections
 
 _EPILOG = """\
 examples:
@@ -27,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "sampler or the uniform baseline. Writes config.json, metrics.jsonl, tb/, checkpoints/ "
                     "and final.pt to --out.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The help sections in this order; the flags come from TrainConfig's fields.
-    groups = {title: p.add_argument_group(title)
-              for title in ("what to train", "run", "recipe (defaults: the paper's)", "PSS sampler")}
-    groups["run"].add_argument("--resume", action="store_true",
-                               help="continue the run in --out from its newest checkpoint")
-    add_flags(p, flags_of(TrainConfig), groups)
+    flags = flags_of(TrainConfig)  # every setting's flag comes from TrainConfig's fields
+    sections = help_sections(p, flags)
+    # --resume is an action of this command, not a setting; listed first in its section.
+    sections["run"].add_argument("--resume", action="store_true",
+                                 help="continue the run in --out from its newest checkpoint")
+    add_flags(p, flags, sections)
     p.set_defaults(func=run_train)
 
 
