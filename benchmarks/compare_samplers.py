@@ -23,23 +23,29 @@ from torch.utils.data import Subset
 
 from pssnet.data import load_data
 from pssnet.evaluation import EvalConfig, EvalResult, evaluate_run, load_eval
-from pssnet.training import TrainConfig, Trainer, apply_preset, load_run
+from pssnet.training import PRESETS, TrainConfig, Trainer, apply_preset, load_run
+from pssnet.training.config import update_config
 
 SAMPLERS = ("pss", "uniform")
+PRESET = "compare-fmnist"  # the training set-up; the options below default to its values
+_SETUP = PRESETS[PRESET]
 
 
 def _options(p) -> None:
-    p.add_argument("--data", default="fashion-mnist", help="data spec (default: full Fashion-MNIST, Debian package)")
-    p.add_argument("--arch", default="mobilenet_v2")
-    p.add_argument("--constraint", default="flops:10:20:2.5", help="budget grid shared by both samplers")
+    resolutions = ":".join(map(str, _SETUP["resolutions"]))
+    p.add_argument("--data", default=_SETUP["data"], help="data spec (default: full Fashion-MNIST, Debian package)")
+    p.add_argument("--arch", default=_SETUP["arch"])
+    p.add_argument("--constraint", default=_SETUP["constraints"][0], help="budget grid shared by both samplers")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--iters", type=int, default=150, help="training iterations per run (default 150)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.04)
+    p.add_argument("--iters", type=int, default=_SETUP["max_iters"],
+                   help=f"training iterations per run (default {_SETUP['max_iters']})")
+    p.add_argument("--batch-size", type=int, default=_SETUP["batch_size"])
+    p.add_argument("--lr", type=float, default=_SETUP["recipe"]["lr"])
     p.add_argument("--warmup-iters", type=int, default=15)
-    p.add_argument("--resolutions", default="20:28:4", help="MIN:MAX:STEP of the supernet (default 20:28:4)")
+    p.add_argument("--resolutions", default=resolutions, help=f"MIN:MAX:STEP of the supernet (default {resolutions})")
     p.add_argument("--top-k", type=int, default=3, help="candidates evaluated per budget (both samplers)")
-    p.add_argument("--holdout", type=int, default=1000, help="training images kept out of training and used for selection")
+    p.add_argument("--holdout", type=int, default=_SETUP["holdout"],
+                   help="training images kept out of training and used for selection")
     p.add_argument("--calib-batches", type=int, default=4)
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--threads", type=int, default=1)
@@ -54,15 +60,14 @@ def train(args, sampler: str, seed: int, num_train: int) -> pathlib.Path:
         print(f"reusing {out}")
         return out
     config = TrainConfig(out=str(out))
-    apply_preset(config, "fmnist-mbv2")
-    config.arch, config.data, config.constraints = args.arch, args.data, [args.constraint]
-    config.sampler.name, config.seed, config.threads = sampler, seed, args.threads
-    config.batch_size, config.max_iters, config.recipe.lr = args.batch_size, args.iters, args.lr
-    config.epochs = 1
-    config.resolutions = [int(x) for x in args.resolutions.split(":")]
-    config.recipe.warmup_epochs = args.warmup_iters * args.batch_size / num_train
-    config.sampler.map_samples = 200_000
-    config.holdout = args.holdout  # kept out of training; evaluation selects on exactly these images
+    apply_preset(config, PRESET)
+    # This script's options (defaults: the preset's), then the sampler and seed compared.
+    update_config(config, {
+        "arch": args.arch, "data": args.data, "constraints": [args.constraint], "batch_size": args.batch_size,
+        "max_iters": args.iters, "resolutions": [int(x) for x in args.resolutions.split(":")],
+        "holdout": args.holdout,  # kept out of training; evaluation selects on exactly these images
+        "recipe": {"lr": args.lr, "warmup_epochs": args.warmup_iters * args.batch_size / num_train},
+        "sampler": {"name": sampler}, "seed": seed, "threads": args.threads})
     t0 = time.perf_counter()
     Trainer(config).run()
     _record_seconds(out, "train", time.perf_counter() - t0)

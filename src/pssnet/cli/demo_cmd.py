@@ -14,9 +14,9 @@ from ..evaluation import EvalConfig, evaluate_run_dir
 from .adapt_cmd import replay, sample_inputs
 from .budgets import parse_trace
 
-# Budgets of the demo (MFLOPs of the small-input MobileNetV2 at 20-28 px: about 9.4 to 21.7).
-DEMO_CONSTRAINT = "flops:10:20:2.5"
-DEMO_RESOLUTIONS = (20, 28, 4)  # up to Fashion-MNIST's own 28 px: cheap enough for a CPU demo
+from ..training.config import PRESETS
+
+DEMO_CONSTRAINT = PRESETS["demo"]["constraints"][0]  # the budgets of the `demo` training preset
 DEMO_TRACE = """\
 # time  budget                    (a device whose compute budget changes while it runs)
 0.0     flops=25                  # plugged in: no limit, the most accurate subnet
@@ -45,24 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(run_dir: Path, args: argparse.Namespace) -> None:
+    """The `demo` preset, with the demo's own --epochs, --batch-size, --seed and --threads."""
     from ..training import Trainer, TrainConfig, apply_preset
 
     config = TrainConfig(out=str(run_dir))
-    apply_preset(config, "mini-mbv2")
-    iters_per_epoch = 6000 // args.batch_size
-    config.constraints = [DEMO_CONSTRAINT]
-    config.epochs = max(1, math.ceil(args.epochs))
-    config.max_iters = max(1, int(args.epochs * iters_per_epoch))
+    apply_preset(config, "demo")
+    config.recipe.lr *= args.batch_size / config.batch_size  # the preset's lr is for its batch size
     config.batch_size = args.batch_size
-    config.resolutions = list(DEMO_RESOLUTIONS)
-    # Short schedule: the preset's lr 0.1 diverges within a few hundred iterations (measured:
-    # 0.02 and 0.05 reach ~70% in 120 iterations, 0.2 and 0.4 stay at ~20-30%).
-    config.recipe.lr = 0.02 * args.batch_size / 32
-    config.recipe.warmup_epochs = 0.1
+    config.epochs = max(1, math.ceil(args.epochs))
+    config.max_iters = max(1, int(args.epochs * (6000 // args.batch_size)))  # 6,000 shipped images
     config.seed = args.seed
     config.threads = args.threads
-    config.log_every = 25
-    config.sampler.map_samples = 200_000  # enough for 5 targets, builds in seconds
     Trainer(config).run()
 
 

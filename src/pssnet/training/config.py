@@ -1,95 +1,134 @@
-"""Typed training configuration, its JSON form, and the named presets of ``pssnet train``."""
+"""Typed training configuration, its JSON form, and the named presets of ``pssnet train``.
+
+Each field declares its command-line flag, help text and bounds (:func:`.options.option`), so
+``pssnet train``'s flags and :meth:`TrainConfig.validate` are generated from these classes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..errors import UserError
+from .options import check_bounds, option
+
+_WHAT, _RUN, _RECIPE, _PSS = "what to train", "run", "recipe (defaults: the paper's)", "PSS sampler"
+
+
+def _architecture_names() -> list[str]:
+    from ..architectures import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def _preset_names() -> list[str]:
+    return sorted(PRESETS)
 
 
 @dataclass
 class RecipeConfig:
     """Optimisation recipe (paper defaults for ImageNet)."""
 
-    lr: Optional[float] = None  # None: lr_per_1024 * global batch / 1024
-    lr_per_1024: float = 0.3
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4  # conv (not depthwise) and linear weights only
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 0.0
+    lr: Optional[float] = option(None, group=_RECIPE, help="learning rate (default 0.3 x global batch / 1024)")
+    lr_per_1024: float = option(0.3, flag=None, help="learning rate per 1024 images of global batch, when lr is None")
+    momentum: float = option(0.9, group=_RECIPE, help="SGD momentum (default 0.9)")
+    nesterov: bool = option(True, flag="--no-nesterov", group=_RECIPE, help="plain instead of Nesterov momentum")
+    weight_decay: float = option(1e-4, group=_RECIPE,
+                                 help="on conv (not depthwise) and linear weights only (default 1e-4)")
+    label_smoothing: float = option(0.0, group=_RECIPE, help="label smoothing of the largest subnet's loss")
+    warmup_epochs: float = option(0.0, group=_RECIPE, help="epochs of linear learning-rate warm-up")
 
 
 @dataclass
 class SamplerConfig:
     """Subnet sampler and its PSS schedule."""
 
-    name: str = "pss"
-    pool_size: int = 50
-    ema: float = 0.9
-    p0: float = 1.0
-    p1: float = 0.01
-    t0: float = 1.0
-    t1: float = 0.01
-    map_samples: int = 1_000_000
-    map_cache: Optional[str] = None  # None: ~/.cache/pssnet/space_maps; "" disables the cache
+    name: str = option("pss", flag="--sampler", group=_WHAT, choices=("pss", "uniform"),
+                       help="PSS or the uniform baseline (default pss)")
+    pool_size: int = option(50, group=_PSS, min=1, help="subnets kept per budget target (default 50)")
+    ema: float = option(0.9, group=_PSS, help="score EMA factor lambda (default 0.9)")
+    p0: float = option(1.0, flag="--p-range", group=_PSS, metavar="P0:P1", example="1.0:0.01",
+                       help="space-vs-pool probability schedule (default 1.0:0.01)")
+    p1: float = option(0.01, flag="--p-range", help="(the second part of --p-range)")
+    t0: float = option(1.0, flag="--t-range", group=_PSS, metavar="T0:T1", example="1.0:0.01",
+                       help="softmax temperature schedule (default 1.0:0.01)")
+    t1: float = option(0.01, flag="--t-range", help="(the second part of --t-range)")
+    map_samples: int = option(1_000_000, group=_PSS, help="random subnets behind the space map (default 1000000)")
+    map_cache: Optional[str] = option(None, group=_PSS, metavar="DIR",
+                                      help="space-map cache directory ('' disables)")  # None: ~/.cache/pssnet
 
 
 @dataclass
 class CheckpointConfig:
-    every_minutes: float = 10.0
-    every_iters: int = 0  # 0: only by time and at epoch ends
-    keep: int = 3
+    """When checkpoints are written and how many are kept."""
+
+    every_minutes: float = option(10.0, flag="--checkpoint-minutes", group=_RUN,
+                                  help="minutes between checkpoints (default 10)")
+    every_iters: int = option(0, flag="--checkpoint-iters", group=_RUN,
+                              help="also checkpoint every N iterations")  # 0: only by time and at epoch ends
+    keep: int = option(3, flag="--keep-checkpoints", group=_RUN, min=1, help="checkpoints kept (default 3)")
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs; stored as ``config.json`` and inside every checkpoint."""
 
-    arch: str = ""
-    data: str = ""
-    out: str = ""
-    constraints: list[str] = field(default_factory=list)
-    epochs: int = 250
-    batch_size: int = 128  # per process
-    max_iters: Optional[int] = None
-    seed: int = 0
-    # Training images kept out for `pssnet eval` to select subnets on (at most a tenth of the split).
-    holdout: int = 2000
-    luts: list[str] = field(default_factory=list)
-    small_input: Optional[bool] = None  # None: decided by image size (<= 64 px)
-    image_size: Optional[int] = None  # folder data: train at this size (None: native size of the images, <= 224)
-    resolutions: Optional[list[int]] = None  # [min, max, step]
-    width_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
-    dropout: float = 0.0  # classifier dropout; 0 keeps the teacher and the reused pool scores noise-free
-    init: Optional[str] = None  # "torchvision" or a torchvision-format state dict: start from those weights
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
-    num_workers: int = 0
-    threads: Optional[int] = None
-    log_every: int = 10
-    progress: bool = True
-    dist_timeout_minutes: float = 10.0
-    preset: Optional[str] = None
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    preset: Optional[str] = option(None, group=_WHAT, choices=_preset_names,
+                                   help="named set-up; explicit flags override it")
+    arch: str = option("", group=_WHAT, choices=_architecture_names, help="supernet architecture")
+    data: str = option("", group=_WHAT, metavar="SPEC", help="fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, "
+                                                             "cifar100:DIR, folder:DIR or fashion-mnist-mini")
+    out: str = option("", group=_RUN, metavar="DIR", required=True, help="run directory")
+    constraints: list[str] = option(
+        flag="--constraint", group=_WHAT, repeat=True, metavar="TYPE:START:STOP:STEP", default_factory=list,
+        help="budget grid, repeatable (flops, params, latency_cpu, latency_gpu); "
+             "TYPE:auto[:COUNT] spans the space's range")
+    epochs: int = option(250, group=_RUN, min=1, help="passes over the training images (default 250)")
+    batch_size: int = option(128, group=_RUN, min=1, help="images per process and iteration")
+    max_iters: Optional[int] = option(None, group=_RUN, min=1,
+                                      help="stop after this many iterations (schedules shrink to fit)")
+    seed: int = option(0, group=_RUN, help="seed of weights, data order, augmentation and sampler (default 0)")
+    holdout: int = option(2000, group=_RUN, min=0,
+                          help="training images kept out for pssnet eval to select subnets on "
+                               "(default 2000, at most a tenth; 0 trains on all)")
+    luts: list[str] = option(flag="--lut", group=_WHAT, repeat=True, metavar="FILE", default_factory=list,
+                             help="latency table (pssnet lut build), repeatable")
+    small_input: Optional[bool] = option(None, group=_WHAT,
+                                         help="stride-1 stem for 28-32 px images (default: by image size)")
+    resolutions: Optional[list[int]] = option(None, group=_WHAT, metavar="MIN:MAX:STEP", example="24:32:4",
+                                              help="override the resolution range")
+    width_range: list[float] = option(flag=None, default_factory=lambda: [0.75, 1.0],
+                                      help="[min, max] width multiplier of every stage (Python API only)")
+    image_size: Optional[int] = option(None, group=_WHAT, min=8, metavar="N",
+                                       help="folder data: train at N px (default: the images' native size, "
+                                            "at most 224)")
+    dropout: float = option(0.0, group=_WHAT, min=0.0,
+                            help="classifier dropout (default 0: the teacher and the reused pool scores "
+                                 "stay noise-free, as in the reference)")
+    init: Optional[str] = option(None, group=_WHAT, metavar="torchvision|PATH",
+                                 help="start from torchvision's ImageNet weights or a local torchvision-format "
+                                      "state dict (fresh runs only)")
+    device: str = option("auto", group=_RUN, choices=("auto", "cpu", "cuda"),
+                         help="auto (default): CUDA when available, else CPU")
+    amp: bool = option(False, group=_RUN, help="mixed precision")
+    channels_last: bool = option(False, group=_RUN, help="channels-last memory format (GPUs)")
+    num_workers: int = option(0, group=_RUN, help="data-loader workers (default 0)")
+    threads: Optional[int] = option(None, group=_RUN, help="torch CPU threads")
+    log_every: int = option(10, group=_RUN, min=1, help="iterations between metrics lines (default 10)")
+    progress: bool = option(True, flag="--no-progress", group=_RUN, help="no progress bar")
+    dist_timeout_minutes: float = option(10.0, flag=None, help="torchrun process-group timeout (Python API only)")
+    recipe: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        nested = {"recipe": RecipeConfig, "sampler": SamplerConfig, "checkpoint": CheckpointConfig}
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known and k not in nested}
-        for name, sub in nested.items():
-            sub_known = {f.name for f in dataclasses.fields(sub)}
-            values[name] = sub(**{k: v for k, v in dict(data.get(name, {})).items() if k in sub_known})
-        return cls(**values)
+        """The config of ``data`` (a ``to_dict`` result); unknown keys are ignored."""
+        return update_config(cls(), data, strict=False)
 
     def validate(self) -> "TrainConfig":
         """Raise a UserError naming the first missing or impossible setting."""
@@ -108,22 +147,36 @@ class TrainConfig:
             raise UserError(f"unknown sampler '{self.sampler.name}'; use one of {', '.join(SAMPLERS)}")
         if self.sampler.name == "pss" and not self.constraints:
             raise UserError("the pss sampler needs at least one --constraint TYPE:START:STOP:STEP")
-        for name, value in (("epochs", self.epochs), ("batch size", self.batch_size),
-                            ("log interval", self.log_every), ("pool size", self.sampler.pool_size),
-                            ("checkpoints to keep", self.checkpoint.keep)):
-            if value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
-        if self.holdout < 0:
-            raise UserError(f"--holdout must be 0 or more, got {self.holdout}")
-        if self.max_iters is not None and self.max_iters < 1:
-            raise UserError(f"--max-iters must be at least 1, got {self.max_iters}")
+        check_bounds(self)
         return self
+
+
+def update_config(config: Any, values: Mapping[str, Any], strict: bool = True) -> Any:
+    """Set ``config``'s fields from plain data (nested sections as dicts); lists are copied.
+
+    ``strict``: an unknown key is a UserError (presets, overrides); otherwise it is ignored
+    (configs saved by other versions)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for key, value in values.items():
+        if key not in fields:
+            if strict:
+                raise UserError(f"unknown setting '{key}' for {type(config).__name__}")
+            continue
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            update_config(current, value, strict)
+        else:
+            setattr(config, key, list(value) if isinstance(value, (list, tuple)) else value)
+    return config
 
 
 _IMAGENET = {"epochs": 250, "batch_size": 1024, "small_input": False}
 # lr 0.1 without warm-up spikes the loss above 10 in the first iterations on Fashion-MNIST; one warm-up epoch.
 _SMALL = {"epochs": 30, "batch_size": 128, "small_input": True,
           "recipe": {"lr": 0.1, "weight_decay": 5e-5, "warmup_epochs": 1.0}}
+_MINI = {"arch": "mobilenet_v2", "data": "fashion-mnist-mini", "constraints": ["flops:11:24:1"],
+         **{**_SMALL, "epochs": 5, "batch_size": 64,
+            "recipe": {"lr": 0.05, "weight_decay": 5e-5, "warmup_epochs": 0.2}}}
 
 
 def _latency_presets(prefix: str, arch: str, flops: str) -> dict[str, dict[str, Any]]:
@@ -138,18 +191,30 @@ def _latency_presets(prefix: str, arch: str, flops: str) -> dict[str, dict[str, 
     }
 
 
-# The paper's eight ImageNet set-ups (MobileNetV1/V2 x FLOPs, CPU latency, GPU latency, all three)
-# and small set-ups whose FLOPs grids span each small-input space (see `pssnet info --small-input`).
+# The paper's eight ImageNet set-ups (MobileNetV1/V2 x FLOPs, CPU latency, GPU latency, all three),
+# small set-ups whose FLOPs grids span each small-input space (see `pssnet info --small-input`),
+# and the set-ups of `pssnet demo` and of benchmarks/compare_samplers.py.
 PRESETS: dict[str, dict[str, Any]] = {
     **_latency_presets("mbv1", "mobilenet_v1", "flops:110:570:10"),
     **_latency_presets("mbv2", "mobilenet_v2", "flops:70:300:10"),
     "fmnist-mbv2": {"arch": "mobilenet_v2", "data": "fashion-mnist", "constraints": ["flops:11:24:1"], **_SMALL},
     "fmnist-mbv1": {"arch": "mobilenet_v1", "data": "fashion-mnist", "constraints": ["flops:16:46:2"], **_SMALL},
-    "mini-mbv2": {"arch": "mobilenet_v2", "data": "fashion-mnist-mini", "constraints": ["flops:11:24:1"],
-                  **{**_SMALL, "epochs": 5, "batch_size": 64, "recipe": {"lr": 0.05, "weight_decay": 5e-5,
-                                                                         "warmup_epochs": 0.2}}},
+    "mini-mbv2": _MINI,
     "cifar10-mbv2": {"arch": "mobilenet_v2", "constraints": ["flops:11:24:1"], **_SMALL, "epochs": 200},
     "cifar10-mbv1": {"arch": "mobilenet_v1", "constraints": ["flops:17:46:2"], **_SMALL, "epochs": 200},
+    # MFLOPs of the small-input MobileNetV2 at 20-28 px: about 9.4 to 21.7; up to Fashion-MNIST's own
+    # 28 px, cheap enough for a CPU. 281 iterations of 32 = 1.5 epochs of the shipped 6,000 images.
+    # A short schedule: lr 0.1 diverges within a few hundred iterations (measured: 0.02 and 0.05 reach
+    # ~70% in 120 iterations, 0.2 and 0.4 stay at ~20-30%). 200,000 map samples cover 5 targets in seconds.
+    "demo": {**_MINI, "constraints": ["flops:10:20:2.5"], "resolutions": [20, 28, 4], "epochs": 2,
+             "max_iters": 281, "batch_size": 32, "log_every": 25,
+             "recipe": {"lr": 0.02, "weight_decay": 5e-5, "warmup_epochs": 0.1},
+             "sampler": {"map_samples": 200_000}},
+    # PSS vs. uniform on full Fashion-MNIST: 150 iterations of 64, 15 of them warm-up (of 60,000 images).
+    "compare-fmnist": {"arch": "mobilenet_v2", "data": "fashion-mnist", "constraints": ["flops:10:20:2.5"],
+                       **_SMALL, "epochs": 1, "batch_size": 64, "max_iters": 150, "resolutions": [20, 28, 4],
+                       "holdout": 1000, "recipe": {"lr": 0.04, "weight_decay": 5e-5, "warmup_epochs": 0.016},
+                       "sampler": {"map_samples": 200_000}},
 }
 
 
@@ -159,11 +224,6 @@ def apply_preset(config: TrainConfig, name: str) -> list[str]:
         raise UserError(f"unknown preset '{name}'; use one of {', '.join(sorted(PRESETS))}")
     preset = dict(PRESETS[name])
     needs = preset.pop("needs_lut", [])
-    for key, value in preset.items():
-        if key == "recipe":
-            for k, v in value.items():
-                setattr(config.recipe, k, v)
-        else:
-            setattr(config, key, list(value) if isinstance(value, list) else value)
+    update_config(config, preset)
     config.preset = name
     return list(needs)

@@ -52,10 +52,6 @@ class DistContext:
         dist.all_gather_object(values, value)
         return values
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 def init_distributed(device_name: str = "auto", timeout_minutes: float = 10.0) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment, if any."""

@@ -20,9 +20,6 @@ from torch import nn
 from ..space import Subnet
 from ..supernet import Supernet
 
-METRIC_NAMES = ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score")
-
-
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) between softmax outputs, averaged over the batch (float32)."""
     return F.kl_div(F.log_softmax(student_logits.float(), dim=1), F.log_softmax(teacher_logits.float(), dim=1),

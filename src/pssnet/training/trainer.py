@@ -8,12 +8,12 @@ already done without loading them); and every sample's augmentation is seeded fr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pathlib
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -26,15 +26,15 @@ from ..constraints import parse_constraints
 from ..resources import ResourceMeter, latency_kind_for
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
-from ..fileio import save_atomic
+from ..fileio import save_atomic, write_text_atomic
 from ..pretrained import load_pretrained
-from ..sampling import SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
+from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
-from .checkpoint import (capture_rng_state, latest_checkpoint, restore_rng_state, run_record,
-                         save_checkpoint)
+from .checkpoint import latest_checkpoint, run_record, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, digest, init_distributed
-from .step import SandwichStep
+from .state import TrainState, maps_from_state
+from .step import SandwichStep, StepResult
 
 
 class _EpochView(Dataset):
@@ -90,8 +90,22 @@ def _load_luts(paths: list[str]) -> dict[str, Any]:
     return luts
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """Iteration counts and the base learning rate of a run, derived from its config and data."""
+
+    iters_per_epoch: int
+    total: int  # iterations of the whole run
+    lr: float
+    warmup: int  # warm-up iterations
+
+
 class Trainer:
-    """Trains a supernet as ``config`` says; :meth:`run` returns the run directory."""
+    """Trains a supernet as ``config`` says; :meth:`run` returns the run directory.
+
+    :meth:`run` sets up, resumes, then trains epoch by epoch; each iteration is
+    :meth:`_train_iteration` (the sampler's draw, the sandwich step, the sampler's update).
+    """
 
     def __init__(self, config: TrainConfig, ctx: Optional[DistContext] = None) -> None:
         self.config = config
@@ -100,6 +114,7 @@ class Trainer:
             raise UserError("no output directory given; pass --out DIR")
         self.out = pathlib.Path(config.out)
         self.checkpoint: dict[str, Any] | None = None
+        self._last_save = time.monotonic()
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool) -> None:
@@ -111,6 +126,22 @@ class Trainer:
         if (self.out / "final.pt").exists() or (self.out / "checkpoints").is_dir():
             raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
 
+    def _adopt_saved_config(self) -> None:
+        """A resumed run continues under its own settings, except where and how it runs."""
+        if self.checkpoint is None:
+            return
+        saved = TrainConfig.from_dict(self.checkpoint["config"])
+        for keep in ("out", "device", "num_workers", "progress", "threads"):
+            setattr(saved, keep, getattr(self.config, keep))
+        self.config = saved
+
+    def _seed(self) -> None:
+        c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed % 2**32)
+
     def _build_model(self, data: DataBundle) -> Supernet:
         c = self.config
         small = c.small_input if c.small_input is not None else data.image_size <= 64
@@ -121,8 +152,7 @@ class Trainer:
     def _build_maps(self, constraints, meter: ResourceMeter, net: Supernet) -> dict[str, SpaceMap]:
         c = self.config.sampler
         if self.checkpoint is not None and self.checkpoint.get("maps"):
-            return {kind: SpaceMap.from_arrays({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in a.items()})
-                    for kind, a in self.checkpoint["maps"].items()}
+            return maps_from_state(self.checkpoint["maps"])
         cache = default_cache_dir() if c.map_cache is None else (c.map_cache or None)
         maps = {}
         for constraint in constraints:
@@ -132,6 +162,58 @@ class Trainer:
             if message and self.ctx.is_main:
                 print(f"warning: {message}", file=sys.stderr)
         return maps
+
+    def _schedule(self, num_train: int) -> _Schedule:
+        c, world = self.config, self.ctx.world_size
+        iters_per_epoch = num_train // (c.batch_size * world)
+        if iters_per_epoch < 1:
+            raise UserError(f"{num_train} training images are fewer than one batch of "
+                            f"{c.batch_size} x {world} processes; lower --batch-size")
+        total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
+        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * world / 1024
+        return _Schedule(iters_per_epoch, total, lr, int(round(c.recipe.warmup_epochs * iters_per_epoch)))
+
+    def _build_state(self, data: DataBundle, holdout: Optional[dict[str, int]], plan: _Schedule) -> TrainState:
+        """Model, budgets, sampler and optimiser, freshly initialised from the seed."""
+        c, device = self.config, self.ctx.device
+        net = self._build_model(data)
+        if c.init and self.checkpoint is None:  # a resumed run continues from its own weights
+            report = load_pretrained(net, c.init)
+            if self.ctx.is_main:
+                print(report.summary())
+        luts = _load_luts(c.luts)
+        meter = ResourceMeter(net, luts)
+        constraints = parse_constraints(c.constraints, meter, net.space)
+        maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}
+        s = c.sampler
+        sampler = make_sampler(s.name, net.space, constraints, maps, meter, c.seed, pool_size=s.pool_size,
+                               ema=s.ema, p0=s.p0, p1=s.p1, t0=s.t0, t1=s.t1)
+        net.to(device)
+        if c.channels_last:
+            net.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(weight_decay_groups(net, c.recipe.weight_decay), lr=plan.lr,
+                                    momentum=c.recipe.momentum, nesterov=c.recipe.nesterov)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      lambda it: cosine_factor(it, plan.total, plan.warmup))
+        scaler = torch.amp.GradScaler("cuda") if c.amp and device.type == "cuda" else None
+        return TrainState(c, net, optimizer, scheduler, scaler, sampler, constraints, luts, maps, holdout)
+
+    def _sandwich_step(self, state: TrainState) -> SandwichStep:
+        c, ctx = self.config, self.ctx
+        model: nn.Module = state.net
+        if ctx.enabled:
+            model = nn.parallel.DistributedDataParallel(
+                state.net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        return SandwichStep(model, state.net, state.optimizer, c.recipe.label_smoothing, c.amp, c.channels_last,
+                            state.scaler, ctx.mean if ctx.enabled else None)
+
+    def _resolved_config(self, state: TrainState, plan: _Schedule) -> dict[str, Any]:
+        """config.json: the settings and what they resolved to."""
+        return {**self.config.to_dict(), "resolved": {
+            "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
+            "world_size": self.ctx.world_size, "model_config": state.net.config,
+            "constraints": [x.to_dict() for x in state.constraints],
+            "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}
 
     def _loader(self, dataset: Dataset, epoch: int, start_batch: int, iters_per_epoch: int) -> DataLoader:
         c, ctx = self.config, self.ctx
@@ -158,126 +240,78 @@ class Trainer:
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False) -> pathlib.Path:
         self._prepare_run_dir(resume)
-        if self.checkpoint is not None:  # a resumed run continues under its own settings
-            saved = TrainConfig.from_dict(self.checkpoint["config"])
-            for keep in ("out", "device", "num_workers", "progress", "threads"):
-                setattr(saved, keep, getattr(self.config, keep))
-            self.config = saved
-        c, ctx = self.config.validate(), self.ctx
-        if c.threads:
-            torch.set_num_threads(c.threads)
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed % 2**32)
-
-        data = load_data(c.data)
-        net = self._build_model(data)
-        if c.init and self.checkpoint is None:  # a resumed run continues from its own weights
-            report = load_pretrained(net, c.init)
-            if ctx.is_main:
-                print(report.summary())
-        luts = _load_luts(c.luts)
-        meter = ResourceMeter(net, luts)
-        constraints = parse_constraints(c.constraints, meter, net.space)
-        maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}
-        s = c.sampler
-        sampler = make_sampler(s.name, net.space, constraints, maps, meter, c.seed, pool_size=s.pool_size,
-                               ema=s.ema, p0=s.p0, p1=s.p1, t0=s.t0, t1=s.t1)
-
+        self._adopt_saved_config()
+        self.config.validate()
+        self._seed()
+        data = load_data(self.config.data, self.config.image_size)
+        if self.ctx.is_main and data.description:
+            print(f"data: {data.description}")
         train_set, holdout = self._without_holdout(data)
-        iters_per_epoch = len(train_set) // (c.batch_size * ctx.world_size)
-        if iters_per_epoch < 1:
-            raise UserError(f"{len(train_set)} training images are fewer than one batch of "
-                            f"{c.batch_size} x {ctx.world_size} processes; lower --batch-size")
-        total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
-        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * ctx.world_size / 1024
-
-        net.to(ctx.device)
-        if c.channels_last:
-            net.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(weight_decay_groups(net, c.recipe.weight_decay), lr=lr,
-                                    momentum=c.recipe.momentum, nesterov=c.recipe.nesterov)
-        warmup = int(round(c.recipe.warmup_epochs * iters_per_epoch))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it, total, warmup))
-        scaler = torch.amp.GradScaler("cuda") if c.amp and ctx.device.type == "cuda" else None
-
-        iteration, sequence = 0, b""  # chained hash of the subnet sequence
+        plan = self._schedule(len(train_set))
+        state = self._build_state(data, holdout, plan)
         if self.checkpoint is not None:
-            ck = self.checkpoint
-            net.load_state_dict(ck["state_dict"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            sampler.load_state_dict(ck["sampler"])
-            restore_rng_state(ck["rng"])
-            iteration = int(ck["iteration"])
-            sequence = bytes.fromhex(ck["sequence"])
+            state.load_state_dict(self.checkpoint)
 
-        model: nn.Module = net
-        if ctx.enabled:
-            model = nn.parallel.DistributedDataParallel(
-                net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        step = SandwichStep(model, net, optimizer, c.recipe.label_smoothing, c.amp, c.channels_last, scaler,
-                            ctx.mean if ctx.enabled else None)
-        logger = _RunLogger(self.out, c, ctx, iteration)
-        if ctx.is_main:
-            logger.write_config({**c.to_dict(), "resolved": {
-                "lr": lr, "iterations": total, "iterations_per_epoch": iters_per_epoch,
-                "world_size": ctx.world_size, "model_config": net.config,
-                "constraints": [x.to_dict() for x in constraints],
-                "reachable_targets": {k: list(m.reachable_targets) for k, m in maps.items()}}})
+        step = self._sandwich_step(state)
+        logger = _RunLogger(self.out, self.config, self.ctx, state.iteration)
+        if self.ctx.is_main:
+            logger.write_config(self._resolved_config(state, plan))
+        state.net.train()
+        self._last_save = time.monotonic()
+        while state.iteration < plan.total:
+            self._train_epoch(state, step, train_set, plan, logger)
 
-        def snapshot() -> dict[str, Any]:
-            return {
-                "iteration": iteration, "config": c.to_dict(), "model_config": net.config,
-                "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                "sampler": sampler.state_dict(), "rng": capture_rng_state(),
-                "constraints": [x.to_dict() for x in constraints],
-                "luts": {kind: t.to_dict() for kind, t in luts.items()},
-                "maps": {kind: {k: torch.from_numpy(np.asarray(v)) if k != "meta" else str(v)
-                                for k, v in m.to_arrays().items()} for kind, m in maps.items()},
-                "sequence": sequence.hex(), "holdout": holdout,
-            }
-
-        net.train()
-        last_save = time.monotonic()
-        while iteration < total:
-            epoch, start_batch = divmod(iteration, iters_per_epoch)
-            loader = self._loader(train_set, epoch, start_batch, iters_per_epoch)
-            batches = min(iters_per_epoch - start_batch, total - iteration)
-            bar = tqdm(total=start_batch + batches, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                       disable=not (c.progress and ctx.is_main), leave=False, dynamic_ncols=True)
-            for images, labels in loader:
-                draw = sampler.sample(iteration / total)
-                images = images.to(ctx.device, non_blocking=True)
-                labels = labels.to(ctx.device, non_blocking=True)
-                result = step(images, labels, draw.subnet)
-                sampler.update(draw, result.score)
-                scheduler.step()
-                iteration += 1
-                sequence = hashlib.sha256(sequence + draw.subnet.key.encode()).digest()
-                epoch_end = iteration % iters_per_epoch == 0
-                logger.step(iteration, epoch, result, draw, optimizer.param_groups[0]["lr"], sampler, bar,
-                            force=epoch_end or iteration == total)
-                save_due = (c.checkpoint.every_iters and iteration % c.checkpoint.every_iters == 0) or \
-                    time.monotonic() - last_save >= c.checkpoint.every_minutes * 60
-                if ctx.is_main and (save_due or epoch_end or iteration == total):
-                    save_checkpoint(self.out, snapshot(), c.checkpoint.keep)
-                    last_save = time.monotonic()
-                batches -= 1
-                if batches == 0:
-                    break
-            bar.close()
-            if iteration % iters_per_epoch == 0 or iteration == total:
-                logger.epoch_end(iteration, epoch, sampler)
-
-        self._check_ranks(sampler, sequence.hex(), logger)
-        if ctx.is_main:
-            final = run_record(snapshot())
-            save_atomic(final, self.out / "final.pt")
-            logger.close(iteration)
+        self._check_ranks(state.sampler, state.sequence.hex(), logger)
+        if self.ctx.is_main:
+            save_atomic(run_record(state.state_dict()), self.out / "final.pt")
+            logger.close(state.iteration)
         return self.out
+
+    def _train_epoch(self, state: TrainState, step: SandwichStep, train_set: Dataset, plan: _Schedule,
+                     logger: "_RunLogger") -> None:
+        """Train the rest of the current epoch (all of it, unless resumed or cut by ``plan.total``)."""
+        c = self.config
+        epoch, start_batch = divmod(state.iteration, plan.iters_per_epoch)
+        loader = self._loader(train_set, epoch, start_batch, plan.iters_per_epoch)
+        batches = min(plan.iters_per_epoch - start_batch, plan.total - state.iteration)
+        bar = tqdm(total=start_batch + batches, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
+                   disable=not (c.progress and self.ctx.is_main), leave=False, dynamic_ncols=True)
+        for images, labels in loader:
+            draw, result = self._train_iteration(state, step, images, labels, plan.total)
+            epoch_end = state.iteration % plan.iters_per_epoch == 0
+            last = state.iteration == plan.total
+            logger.step(state.iteration, epoch, result, draw, state.optimizer.param_groups[0]["lr"], state.sampler,
+                        bar, force=epoch_end or last)
+            self._maybe_checkpoint(state, force=epoch_end or last)
+            batches -= 1
+            if batches == 0:
+                break
+        bar.close()
+        if state.iteration % plan.iters_per_epoch == 0 or state.iteration == plan.total:
+            logger.epoch_end(state.iteration, epoch, state.sampler)
+
+    def _train_iteration(self, state: TrainState, step: SandwichStep, images: torch.Tensor,
+                         labels: torch.Tensor, total: int) -> tuple[Draw, StepResult]:
+        """The PSS decision and one sandwich step: the sampler draws a subnet for this point of
+        training, the step trains it (with the largest and smallest), and its score goes back to
+        the sampler's pools."""
+        draw = state.sampler.sample(state.iteration / total)
+        images = images.to(self.ctx.device, non_blocking=True)
+        labels = labels.to(self.ctx.device, non_blocking=True)
+        result = step(images, labels, draw.subnet)
+        state.sampler.update(draw, result.score)
+        state.scheduler.step()
+        state.advance(draw.subnet)
+        return draw, result
+
+    def _maybe_checkpoint(self, state: TrainState, force: bool) -> None:
+        """Checkpoint on rank 0 when ``force``d (epoch end, last iteration) or when one is due."""
+        c = self.config.checkpoint
+        due = (c.every_iters and state.iteration % c.every_iters == 0) or \
+            time.monotonic() - self._last_save >= c.every_minutes * 60
+        if self.ctx.is_main and (due or force):
+            save_checkpoint(self.out, state.state_dict(), c.keep)
+            self._last_save = time.monotonic()
 
     def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
         """All ranks must end with the same pools and the same subnet sequence."""
@@ -304,14 +338,14 @@ class _RunLogger:
         if self.metrics_path.exists():  # drop lines written after the checkpoint we resume from
             lines = self.metrics_path.read_text().splitlines()
             kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration]
-            self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
+            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
 
     def write_config(self, config: dict[str, Any]) -> None:
         path = self.metrics_path.with_name("config.json")
-        path.write_text(json.dumps(config, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(config, indent=2) + "\n")
 
     def record(self, row: dict[str, Any]) -> None:
         if self.ctx.is_main:
