@@ -57,8 +57,9 @@ def _lut_kinds(paths: list[str]) -> list[str]:
     if not paths:
         return []
     from ..latency import LatencyTable
+    from ..resources import latency_kind_for
 
-    return ["latency_gpu" if LatencyTable.load(p).device == "cuda" else "latency_cpu" for p in paths]
+    return [latency_kind_for(LatencyTable.load(p).device) for p in paths]
 
 
 def run_train(args: argparse.Namespace) -> int:

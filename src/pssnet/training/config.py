@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..errors import UserError
+from ..fileio import output_dir
 from .options import check_bounds, option
 
 _WHAT, _RUN, _RECIPE, _PSS = "what to train", "run", "recipe (defaults: the paper's)", "PSS sampler"
@@ -141,8 +142,7 @@ class TrainConfig:
             raise UserError(f"unknown architecture '{self.arch}'; use one of {', '.join(sorted(ARCHITECTURES))}")
         if not self.data:
             raise UserError("no data given; pass --data SPEC (e.g. fashion-mnist-mini)")
-        if not self.out:
-            raise UserError("no output directory given; pass --out DIR")
+        output_dir(self.out)
         if self.sampler.name not in SAMPLERS:
             raise UserError(f"unknown sampler '{self.sampler.name}'; use one of {', '.join(SAMPLERS)}")
         if self.sampler.name == "pss" and not self.constraints:

@@ -26,7 +26,7 @@ from ..constraints import parse_constraints
 from ..resources import ResourceMeter, latency_kind_for
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
-from ..fileio import save_atomic, write_text_atomic
+from ..fileio import output_dir, save_atomic, write_text_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
@@ -110,9 +110,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, ctx: Optional[DistContext] = None) -> None:
         self.config = config
         self.ctx = ctx or init_distributed(config.device, config.dist_timeout_minutes)
-        if not config.out:
-            raise UserError("no output directory given; pass --out DIR")
-        self.out = pathlib.Path(config.out)
+        self.out = output_dir(config.out)
         self.checkpoint: dict[str, Any] | None = None
         self._last_save = time.monotonic()
 
