@@ -5,7 +5,8 @@ from torch.utils.data import Subset
 
 from pssnet.calibration import recalibrate_bn
 from pssnet.constraints import ResourceMeter
-from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, split_train, supernet_from_run
+from pssnet.data import split_train
+from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report
 from test_data import _write_idx
@@ -137,7 +138,7 @@ def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
 
 
 def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
-    from pssnet.evaluation import _run_and_data
+    from pssnet.evaluation.pipeline import _run_and_data
     from pssnet.fileio import save_atomic
 
     save_atomic({"format": "pssnet-run/1", "data": "fashion-mnist-mini", "holdout": {"count": 600, "seed": 1}},
