@@ -5,7 +5,8 @@ from torch.utils.data import Subset
 
 from pssnet.calibration import recalibrate_bn
 from pssnet.resources import ResourceMeter
-from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, split_train, supernet_from_run
+from pssnet.data import split_train
+from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report
 from test_data import _write_idx
@@ -139,7 +140,7 @@ def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
 
 
 def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
-    from pssnet.evaluation import _run_and_data
+    from pssnet.evaluation.pipeline import _run_and_data
     from pssnet.fileio import save_atomic
 
     save_atomic({"format": "pssnet-run/1", "data": "fashion-mnist-mini", "holdout": {"count": 600, "seed": 1}},
@@ -154,3 +155,45 @@ def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
         _write_idx(other / f"{prefix}-labels-idx1-ubyte", np.arange(20) % 10, compress=False)
     run, data = _run_and_data(tmp_path, f"mnist:{other}")
     assert run["holdout"] is None and len(data.train) == 20
+
+
+def test_compare_reuses_eval_json_only_with_the_same_settings(tmp_path, capsys):
+    import dataclasses
+    import json
+
+    from pssnet.evaluation import evaluate_run_dir, load_eval, reuse_mismatch
+
+    for name, sampler in (("pss", "pss"), ("uni", "uniform")):
+        (tmp_path / name).mkdir()
+        torch.save(tiny_run(sampler, num_classes=10, data="fashion-mnist-mini"), tmp_path / name / "final.pt")
+    config = EvalConfig(top_k=2, calib_batches=1, holdout=32, batch_size=100, progress=False)
+    evaluate_run_dir(tmp_path / "uni", config, bundle=False)
+    saved_path = tmp_path / "uni" / "eval.json"
+    saved = json.loads(saved_path.read_text())
+    assert saved["settings"]["config"] == {"top_k": 2, "calib_batches": 1, "holdout": 32, "select_on": "holdout",
+                                           "batch_size": 100, "seed": 0, "data": "fashion-mnist-mini"}
+    saved["name"] = "saved-uni"  # marks the saved result: it shows in the report only when reused
+    saved_path.write_text(json.dumps(saved))
+    capsys.readouterr()
+
+    def compared_name(cfg) -> str:
+        _, paths = evaluate_run_dir(tmp_path / "pss", cfg, compare=[tmp_path / "uni"], bundle=False)
+        return "saved-uni" if "saved-uni (uniform)" in paths["md"].read_text() else "uni"
+
+    assert compared_name(config) == "saved-uni" and "again" not in capsys.readouterr().err
+    assert compared_name(dataclasses.replace(config, top_k=3)) == "uni"
+    assert "top_k=2 instead of top_k=3" in capsys.readouterr().err
+    assert compared_name(dataclasses.replace(config, device="cpu", cache_bytes=0)) == "saved-uni"
+
+    del saved["settings"]["config"]  # an eval.json written before the settings were recorded
+    saved_path.write_text(json.dumps(saved))
+    assert compared_name(config) == "uni" and "no recorded settings" in capsys.readouterr().err
+
+    result = load_eval(tmp_path / "pss" / "eval.json")
+    assert reuse_mismatch(result, config, None) is None
+    assert reuse_mismatch(result, config, "fashion-mnist-mini") is None
+    assert "data=" in reuse_mismatch(result, config, "mnist:/elsewhere")
+    for field, other in (("top_k", 4), ("calib_batches", 2), ("holdout", 64), ("select_on", "test"),
+                         ("seed", 1), ("batch_size", 50)):
+        why = reuse_mismatch(result, dataclasses.replace(config, **{field: other}), None)
+        assert why == f"{field}={getattr(config, field)!r} instead of {field}={other!r}"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .constraints import KINDS, UNITS
-from .evaluation import Candidate, EvalResult
+from .evaluation.results import Candidate, EvalResult
 from .fileio import atomic_write, write_text_atomic
 
 CSV_FIELDS = ["run", "sampler", "kind", "target", "role", "subnet", "resolution", "widths",

@@ -38,7 +38,7 @@ def sample_inputs(adaptive: AdaptiveNet, batch: int) -> tuple[torch.Tensor, Opti
         try:
             from ..data import load_data
 
-            images, labels = zip(*(load_data(spec).test[i] for i in range(batch)))
+            images, labels = zip(*(load_data(spec, adaptive.info.get("image_size")).test[i] for i in range(batch)))
             return torch.stack(images), torch.as_tensor(labels), f"{batch} test images of {spec}"
         except (UserError, OSError, IndexError):
             pass

@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--select-on", choices=SELECT_ON, default="holdout",
                    help="split that picks the subnet per budget; 'test' is the reference's flattering way")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR",
-                   help="runs to overlay (e.g. a uniform baseline); their eval.json is reused when present")
+                   help="runs to overlay (e.g. a uniform baseline); their eval.json is reused when made with the "
+                        "same settings and data, otherwise they are evaluated again")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--data", metavar="SPEC", help="data spec to evaluate on (default: the one trained on)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR)")

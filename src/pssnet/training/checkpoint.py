@@ -97,6 +97,7 @@ def run_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         "pools": checkpoint["sampler"]["pools"],
         "sampler": checkpoint["sampler"]["name"],
         "data": checkpoint["config"]["data"],
+        "image_size": checkpoint["config"].get("image_size"),
         "luts": checkpoint["luts"],
         "seed": checkpoint["config"]["seed"],
         "iterations": checkpoint["iteration"],

@@ -1,0 +1,95 @@
+"""The ``pssnet eval`` pipeline on run directories: read a run, evaluate it (and the runs it is
+compared with), write ``eval.json``, the Pareto report and the deployment bundle.
+
+It sits above the evaluator, the report and the bundle format; none of them imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from ..constraints import Constraint
+from ..data import load_data
+from ..deploy import make_bundle, save_bundle
+from ..errors import UserError
+from ..fileio import write_text_atomic
+from ..report import write_report
+from ..training.checkpoint import load_run
+from .evaluator import EvalConfig, evaluate_run
+from .results import EvalResult, load_eval
+
+
+def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
+                     out_dir: Union[str, os.PathLike, None] = None, compare: Sequence[Union[str, os.PathLike]] = (),
+                     data_spec: Optional[str] = None, bundle: bool = True,
+                     constraints: Optional[Sequence[Constraint]] = None) -> tuple[EvalResult, dict[str, Path]]:
+    """``pssnet eval``: evaluate a run directory and write ``eval.json``, ``pareto.csv/md/png``
+    and (``bundle=True``) ``adaptive.pt`` into ``out_dir`` (default: the run directory).
+
+    Runs given in ``compare`` are overlaid; their own ``eval.json`` is reused when it was made
+    with the same settings (:func:`reuse_mismatch`), otherwise they are evaluated here with ``config``.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    run, data = _run_and_data(run_dir, data_spec)
+    result, evaluator = evaluate_run(run, data, config, run_dir.name, constraints)
+    result.settings["config"]["data"] = data_spec or run["data"]
+    others = [_compare_result(Path(d), config, data_spec, result.constraints) for d in compare]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_report(result, out_dir, others)
+    paths["json"] = out_dir / "eval.json"
+    write_text_atomic(paths["json"], json.dumps(result.to_dict(), indent=1) + "\n")
+    if bundle:
+        paths["bundle"] = out_dir / "adaptive.pt"
+        save_bundle(make_bundle(run, result, evaluator.stats, data.image_size), paths["bundle"])
+    return result, paths
+
+
+def reuse_mismatch(saved: EvalResult, config: EvalConfig, data_spec: Optional[str]) -> Optional[str]:
+    """Why ``saved`` cannot stand for an evaluation with ``config`` on ``data_spec`` (default:
+    the data set the run trained on), or None when it can."""
+    recorded: Mapping[str, Any] = saved.settings.get("config") or {}
+    if not recorded:
+        return "no recorded settings (written by an older pssnet eval)"
+    wanted = {**config.selection_settings(), "data": data_spec or saved.settings.get("data")}
+    differ = [k for k in wanted if recorded.get(k) != wanted[k]]
+    if not differ:
+        return None
+    return (", ".join(f"{k}={recorded.get(k)!r}" for k in differ) + " instead of "
+            + ", ".join(f"{k}={wanted[k]!r}" for k in differ))
+
+
+def _compare_result(run_dir: Path, config: EvalConfig, data_spec: Optional[str],
+                    constraints: Sequence[Constraint]) -> EvalResult:
+    saved = run_dir / "eval.json"
+    if saved.is_file():
+        result = load_eval(saved)
+        why = reuse_mismatch(result, config, data_spec)
+        if why is None:
+            return result
+        print(f"evaluating {run_dir} again: its eval.json has {why}", file=sys.stderr)
+    if not run_dir.is_dir():
+        raise UserError(f"comparison run '{run_dir}' does not exist; pass a run directory to --compare")
+    run, data = _run_and_data(run_dir, data_spec)
+    own = [Constraint.from_dict(c) for c in run.get("constraints", [])]
+    result = evaluate_run(run, data, config, run_dir.name, None if run.get("pools") else own or constraints)[0]
+    result.settings["config"]["data"] = data_spec or run["data"]
+    return result
+
+
+def _run_and_data(run_dir: Path, data_spec: Optional[str]) -> tuple[dict, Any]:
+    """A run dict and the data set to evaluate it on (``data_spec``, default: the one it trained on)."""
+    run = load_run(run_dir)
+    spec = data_spec or run.get("data")
+    if not spec:
+        raise UserError(f"{run_dir} does not name its data set; pass --data SPEC")
+    if spec != run.get("data") and run.get("holdout"):
+        # The recorded held-out indices name images of the data set trained on, not of this one.
+        run = {**run, "holdout": None}
+    # A folder trained at --image-size is evaluated at that size too.
+    return run, load_data(spec, run.get("image_size") if spec == run.get("data") else None)
