@@ -55,7 +55,7 @@ class Constraint:
                 "need 0 <= START <= STOP and STEP > 0"
             )
         if self.count > MAX_TARGETS:  # arithmetic only: a tiny STEP must not allocate first
-            raise UserError(f"constraint {self.text} has {self.count:.3g} targets (at most {MAX_TARGETS:,}); "
+            raise UserError(f"constraint {self.text} has {self.count:,.0f} targets (at most {MAX_TARGETS:,}); "
                             "use a larger STEP or a narrower range")
 
     @classmethod
