@@ -229,7 +229,7 @@ TABLE_FAULTS = [
     ("entries", {"conv|a": -0.5}, r"entries\['conv\|a'\]' must be >= 0"),
     ("entries", {"conv|a": math.nan}, r"entries\['conv\|a'\]' must be a finite number"),
     ("entries", {"conv|a": "fast"}, r"entries\['conv\|a'\]' must be a number"),
-    ("batch", 0, "'batch' must be >= 1"),
+    ("batch", 0, "'batch' must be a positive integer"),
     ("overhead_ms", math.inf, "'overhead_ms' must be a finite number"),
     ("resolutions", [12, 20], "'resolutions' must have 3 items"),
     ("width_range", [0.75, math.nan], r"width_range\[1\]' must be a finite number"),

@@ -56,8 +56,8 @@ def tmpfs(tmp_path):
         return target
 
     yield mount
-    for target in mounted:
-        subprocess.run(["umount", str(target)], check=False)
+    for target in mounted:  # lazily: a failed torch.save may hold its file open until collected
+        subprocess.run(["umount", "-l", str(target)], check=False)
 
 
 # ---------------------------------------------------------------- numeric flags

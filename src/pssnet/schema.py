@@ -84,6 +84,8 @@ def integer(value: Any, where: str, low: Optional[int] = None, high: Optional[in
     if isinstance(value, bool) or not integral:
         raise FieldError(f"field '{where}' must be an integer, got {_show(value)}")
     value = int(value)
+    if low == 1 and high is None and value < 1:
+        raise FieldError(f"field '{where}' must be a positive integer, got {value}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise FieldError(f"field '{where}' must be {_interval(low, high, False, False)}, got {value}")
     return value
