@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from .layout import BlockSpec, ConvSpec, Layout, Width
+from .schema import FieldError
 
 # (channels, stride) of MobileNetV1's 13 depthwise-separable blocks.
 MOBILENET_V1_BLOCKS = (
@@ -155,5 +156,5 @@ ARCHITECTURES: Mapping[str, ArchInfo] = MappingProxyType({
 def arch_info(name: str) -> ArchInfo:
     try:
         return ARCHITECTURES[name]
-    except KeyError:
-        raise ValueError(f"unknown architecture '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable name
+        raise FieldError(f"unknown architecture '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None

@@ -17,13 +17,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import UserError
 
 
+class BatchTypeError(UserError, TypeError):
+    """A calibration batch of the wrong type: the caller's mistake, still a ``TypeError``."""
+
+
 def _images_of(batch) -> torch.Tensor:
     """The input tensor of a batch given as ``x`` or as ``(x, y, ...)``."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0]
-    raise TypeError(f"expected a tensor or an (inputs, labels) pair per batch, got {type(batch).__name__}")
+    raise BatchTypeError(f"recalibrate_bn: each batch must be a tensor or an (inputs, labels) pair, "
+                         f"got {type(batch).__name__}")
 
 
 # Not swa_utils.update_bn: it restores only the root's train mode (not each module's), and not on error.

@@ -21,6 +21,8 @@ from .space import SearchSpace
 _DECIMALS = 6
 # Relative slack that keeps exact ties (e.g. 115 with step 10) from rounding down by float error.
 _TIE_EPS = 1e-9
+# Most budget targets one constraint may have: each target gets a pool and an evaluation.
+MAX_TARGETS = 10_000
 
 ArrayLike = Union[float, np.ndarray]
 
@@ -52,8 +54,9 @@ class Constraint:
                 f"bad constraint range {self.kind}:{self.start:g}:{self.stop:g}:{self.step:g}; "
                 "need 0 <= START <= STOP and STEP > 0"
             )
-        if len(self.targets) > 100_000:
-            raise UserError(f"constraint {self.text} has {len(self.targets)} targets; use a larger STEP")
+        if self.count > MAX_TARGETS:  # arithmetic only: a tiny STEP must not allocate first
+            raise UserError(f"constraint {self.text} has {self.count:,.0f} targets (at most {MAX_TARGETS:,}); "
+                            "use a larger STEP or a narrower range")
 
     @classmethod
     def parse(cls, text: str) -> "Constraint":
@@ -82,9 +85,14 @@ class Constraint:
         return _clean(math.fmod(self.start, self.step))
 
     @property
+    def count(self) -> float:
+        """The number of targets (a float: it may be astronomically large before validation)."""
+        steps = (self.stop - self.start) / self.step * (1 + _TIE_EPS) + _TIE_EPS
+        return math.floor(steps) + 1 if math.isfinite(steps) else math.inf
+
+    @property
     def targets(self) -> tuple[float, ...]:
-        count = int(math.floor((self.stop - self.start) / self.step * (1 + _TIE_EPS) + _TIE_EPS)) + 1
-        return tuple(_clean(self.start + i * self.step) for i in range(count))
+        return tuple(_clean(self.start + i * self.step) for i in range(int(self.count)))
 
     def bucket_of(self, value: ArrayLike) -> ArrayLike:
         """The budget bucket of ``value`` (scalar or numpy array), ties rounding up."""
@@ -136,10 +144,13 @@ def parse_constraints(texts: Sequence[str], meter: ResourceMeter | None = None,
             try:
                 count = int(parts[2]) if len(parts) == 3 else 40
             except ValueError:
-                raise UserError(f"bad constraint '{text}'; write TYPE:auto:COUNT with an integer COUNT") from None
+                count = 0
+            if not 2 <= count <= MAX_TARGETS:
+                raise UserError(f"bad constraint '{text}'; write TYPE:auto:COUNT with an integer COUNT "
+                                f"from 2 to {MAX_TARGETS:,}")
             if parts[0] not in KINDS:
                 raise UserError(f"unknown constraint type '{parts[0]}'; use one of {', '.join(KINDS)}")
-            constraints.append(auto_constraint(parts[0], meter, space, max(count, 2)))
+            constraints.append(auto_constraint(parts[0], meter, space, count))
         else:
             constraints.append(Constraint.parse(text))
     kinds = [c.kind for c in constraints]

@@ -1,12 +1,15 @@
 """Files pssnet writes and reads: atomic writes (every file appears whole or not at all), the
-check of an output directory, and the one safe reader of pssnet's torch files.
+checks of output paths, and the one safe reader of pssnet's torch files.
 
-A killed process or a full disk leaves at most a stray temporary file next to the target, never
-a truncated checkpoint, table or bundle in its place.
+A killed process leaves at most a stray temporary file next to the target, never a truncated
+checkpoint, table or bundle in its place; a full disk, a read-only directory or a path under a
+file is a one-line :class:`UserError` naming the file and the fix, with the older file kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -19,11 +22,87 @@ from .errors import UserError
 PathLike = Union[str, os.PathLike]
 
 
+_DENIED = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EROFS: "read-only file system"}
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# How torch.save reports a failed write (a full disk) from its zip writer, as a RuntimeError.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "No space left", "file write failed")
+
+
+def os_error_message(exc: OSError, path: PathLike | None = None, action: str = "write") -> str | None:
+    """One line naming the file and the fix for an ``OSError`` a user's path causes (no
+    permission, read-only, disk full, a directory or a file in the way), else None.
+
+    ``path`` (default: the error's own file name) is the file the message names."""
+    name = path if path is not None else exc.filename
+    if name is None:
+        return None
+    code = exc.errno
+    if code in _DENIED:
+        return f"cannot {action} {name}: {_DENIED[code]}; choose another location or fix its permissions"
+    if code in _NO_SPACE:
+        return no_space_message(name)
+    if code == errno.EISDIR:
+        return f"{name} is a directory; give a file name"
+    if code == errno.ENOTDIR:
+        return f"cannot {action} {name}: a part of the path is a file, not a directory; choose another path"
+    if code == errno.EEXIST:
+        return f"cannot {action} {name}: a file is in the way of a directory; choose another path"
+    if code == errno.ENOENT:
+        return f"{name} does not exist; check the path"
+    if code == errno.ENAMETOOLONG:
+        return f"cannot {action} {name}: the name is too long; choose a shorter path"
+    return None
+
+
+def no_space_message(path: PathLike) -> str:
+    return (f"no space left on {_mount_point(Path(path))} while writing {path}; "
+            "free some space or choose another output location")
+
+
+def _mount_point(path: Path) -> str:
+    """The mount point of the file system ``path`` is (or would be) on."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+def _write_error(exc: BaseException, path: Path) -> UserError | None:
+    """The user's view of an exception raised while writing ``path``, or None when it is not a
+    file-system fault of the user's location (then it stays what it is: a bug or an interrupt)."""
+    if isinstance(exc, OSError):
+        message = os_error_message(exc, path)
+        return UserError(message) if message else None
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
+        return UserError(no_space_message(path))
+    return None
+
+
+def make_dirs(path: PathLike) -> Path:
+    """``mkdir -p path``; a file in the way or a read-only location is a :class:`UserError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # exist_ok only forgives an existing directory
+        raise UserError(f"cannot create the directory {path}: a file of that name exists; "
+                        "choose another path") from None
+    except OSError as exc:
+        message = os_error_message(exc, path, "create the directory")
+        if message is None:
+            raise
+        raise UserError(message) from exc
+    return path
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, flush it to disk, then
-    rename it over ``path``."""
+    rename it over ``path``. On any failure the temporary file is removed and an older ``path``
+    stays as it was; a file-system fault (disk full, read-only, ...) is a :class:`UserError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     # A unique name that `write` creates itself: the file gets the user's usual permissions
     # (tempfile.mkstemp would make every bundle and table private to its owner).
     tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
@@ -32,9 +111,13 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        error = _write_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
@@ -49,7 +132,30 @@ def output_dir(path: PathLike | None, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a directory; choose a directory")
+    _check_writable_location(path, flag, "a directory")
     return path
+
+
+def output_file(path: PathLike, flag: str = "-o") -> Path:
+    """``path`` as a file to write, or a :class:`UserError` naming ``flag`` when it is a
+    directory, lies under a file, or its directory cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name (e.g. one inside it)")
+    _check_writable_location(path.parent, flag, "a file")
+    return path
+
+
+def _check_writable_location(path: Path, flag: str, what: str) -> None:
+    """The nearest existing directory at or above ``path`` must be a writable directory."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path} is under the file {existing}, not a directory; choose {what} elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only or immutable file system
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied or read-only); "
+                        f"choose {what} elsewhere")
 
 
 def save_atomic(obj: Any, path: PathLike) -> None:

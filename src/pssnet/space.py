@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from .schema import FieldError, integer, number, sequence
 
 # Multipliers live on a 0.001 grid (the paper samples 3 decimals); storing them rounded keeps
 # equality and hashing exact after a JSON round trip.
@@ -36,7 +36,7 @@ def make_divisible_array(values: np.ndarray, divisor: int = 8) -> np.ndarray:
     return np.where(rounded < 0.9 * values, rounded + divisor, rounded)
 
 
-class SpaceError(UserError, ValueError):
+class SpaceError(FieldError):
     """A subnet or search space that is not valid: a user mistake (one line in the CLI) that
     library callers may also catch as ``ValueError``."""
 
@@ -49,10 +49,16 @@ class Subnet:
     widths: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if isinstance(self.resolution, bool) or int(self.resolution) != self.resolution:
-            raise SpaceError(f"subnet resolution must be an integer, got {self.resolution!r}")
-        object.__setattr__(self, "resolution", int(self.resolution))
-        object.__setattr__(self, "widths", tuple(round(float(w), WIDTH_DECIMALS) for w in self.widths))
+        try:  # a resolution of 30.7 or a NaN width would silently become another subnet
+            resolution = integer(self.resolution, "resolution", low=1)
+            widths = tuple(round(number(w, f"widths[{i}]", low=0.0, low_open=True), WIDTH_DECIMALS)
+                           for i, w in enumerate(sequence(self.widths, "widths")))
+        except FieldError as exc:
+            raise SpaceError(f"not a valid subnet: {exc}") from None
+        if not widths:
+            raise SpaceError("not a valid subnet: it has no width multipliers")
+        object.__setattr__(self, "resolution", resolution)
+        object.__setattr__(self, "widths", widths)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; :meth:`from_dict` inverts it exactly."""
@@ -60,10 +66,10 @@ class Subnet:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Subnet":
-        try:
-            return cls(int(data["resolution"]), tuple(float(w) for w in data["widths"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SpaceError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')") from exc
+        if not isinstance(data, dict) or "resolution" not in data or "widths" not in data:
+            raise SpaceError(f"not a subnet description: {data!r} (need 'resolution' and 'widths')")
+        widths = data["widths"]
+        return cls(data["resolution"], tuple(widths) if isinstance(widths, list) else widths)
 
     @property
     def key(self) -> str:

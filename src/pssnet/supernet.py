@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import schema
 from .architectures import arch_info
 from .layout import BlockSpec, ConvSpec, Layout
 from .ops import ActiveState, SlimBatchNorm2d, SlimConv2d, SlimLinear, activation
@@ -161,18 +162,31 @@ def create_supernet(
     ``dropout`` is the classifier's dropout probability (it replaces the layout's). The default
     0 keeps training forwards deterministic, so a subnet's reused training logits are its score.
     """
-    if num_classes < 1 or in_chans < 1:
-        raise ValueError(f"num_classes and in_chans must be positive, got {num_classes} and {in_chans}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    num_classes, in_chans, small_input, resolutions, width_range, dropout = _checked_arguments(
+        num_classes, in_chans, small_input, resolutions, width_range, dropout)
     info = arch_info(arch)
-    layout = dataclasses.replace(info.layout(num_classes, in_chans, small_input), dropout=float(dropout))
+    layout = dataclasses.replace(info.layout(num_classes, in_chans, small_input), dropout=dropout)
     lo, hi, step = resolutions or (info.small_resolutions if small_input else info.imagenet_resolutions)
     space = SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
     net = Supernet(layout, space)
     # Plain data that recreates this supernet (stored in checkpoints and bundles).
     net.config = {
         "arch": arch, "num_classes": num_classes, "in_chans": in_chans, "small_input": small_input,
-        "resolutions": [lo, hi, step], "width_range": list(width_range), "dropout": float(dropout),
+        "resolutions": [lo, hi, step], "width_range": list(width_range), "dropout": dropout,
     }
     return net
+
+
+def _checked_arguments(num_classes, in_chans, small_input, resolutions, width_range, dropout) -> tuple:
+    """:func:`create_supernet`'s arguments, type- and range-checked (a :class:`FieldError`
+    names the argument), as plain ints, floats and tuples."""
+    num_classes = schema.integer(num_classes, "num_classes", low=1)
+    in_chans = schema.integer(in_chans, "in_chans", low=1)
+    small_input = schema.boolean(small_input, "small_input")
+    if resolutions is not None:
+        resolutions = tuple(schema.integer(v, f"resolutions[{i}]", low=1)
+                            for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3)))
+    width_range = tuple(schema.number(v, f"width_range[{i}]", low=0.0, low_open=True)
+                        for i, v in enumerate(schema.sequence(width_range, "width_range", 2)))
+    dropout = schema.number(dropout, "dropout", 0.0, 1.0, high_open=True)
+    return num_classes, in_chans, small_input, resolutions, width_range, dropout

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..deploy import AdaptiveNet, example_input
+from .args import positive_int
 from .budgets import TraceEvent, parse_trace
 from ..errors import UserError
 
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(random inputs if the bundle's data set is not available).")
     p.add_argument("bundle", metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
     p.add_argument("--trace", metavar="FILE", help="budget trace file (required unless --list)")
-    p.add_argument("--batch", type=int, default=32, help="images per inference (default 32)")
+    p.add_argument("--batch", type=positive_int, default=32, help="images per inference (default 32)")
     p.add_argument("--realtime", action="store_true", help="wait until each time stamp instead of replaying at once")
-    p.add_argument("--threads", type=int, help="torch CPU threads for inference (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads for inference (default: torch's)")
     p.add_argument("--list", action="store_true", help="list the retained subnets and exit")
     p.set_defaults(func=run)
 
@@ -88,8 +89,6 @@ def list_subnets(adaptive: AdaptiveNet) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {args.batch}")
     if args.threads:
         torch.set_num_threads(args.threads)
     adaptive = AdaptiveNet.load(args.bundle)

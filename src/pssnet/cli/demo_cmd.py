@@ -11,7 +11,9 @@ import torch
 
 from ..deploy import AdaptiveNet, example_input, export_static, run_export
 from ..evaluation import EvalConfig, evaluate_run_dir
+from ..fileio import output_dir
 from .adapt_cmd import replay, sample_inputs
+from .args import positive_float, positive_int, seed
 from .budgets import parse_trace
 
 from ..training.config import PRESETS
@@ -36,11 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "table, write pareto.png and adaptive.pt, replay a budget trace with live switching and "
                     "export one subnet to ONNX. Re-running reuses a finished training run in --out.")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--epochs", type=float, default=1.5, help="training epochs over the 6,000 images (default 1.5)")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--epochs", type=positive_float, default=1.5, help="training epochs over the 6,000 images (default 1.5)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default 32)")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: robust on a shared machine; 2+ is faster on an idle one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
 
@@ -62,7 +64,7 @@ def _train(run_dir: Path, args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = output_dir(args.out, "--out")
     run_dir = out / "mobilenet_v2-pss"
     start = time.perf_counter()
     print(f"pssnet demo: MobileNetV2 supernet (small input), PSS on fashion-mnist-mini, budgets {DEMO_CONSTRAINT}")

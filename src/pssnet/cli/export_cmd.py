@@ -10,6 +10,7 @@ import torch
 from ..deploy import EXPORT_FORMATS, AdaptiveNet, example_input, export_static, run_export
 from .budgets import parse_budgets
 from ..errors import UserError
+from ..fileio import output_file
 
 _SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript"}
 
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if bool(args.budget) == bool(args.subnet):
         raise UserError("give either --budget TYPE=N (repeatable) or --subnet KEY")
+    output_file(args.output, "-o")
     fmt = args.format or _SUFFIXES.get(Path(args.output).suffix.lower(), "pt")
     adaptive = AdaptiveNet.load(args.bundle)
     retained = adaptive.find(args.subnet) if args.subnet else adaptive.select(**parse_budgets(args.budget))

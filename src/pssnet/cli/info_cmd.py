@@ -6,9 +6,9 @@ import argparse
 import json
 
 from ..architectures import ARCHITECTURES
-from ..errors import UserError
 from ..resources import count_flops, count_params
 from ..supernet import create_supernet
+from .args import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,16 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Show the searchable stages of an architecture and the FLOPs and "
                                           "parameters of its smallest and largest subnets.")
     p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=positive_int, default=1000)
+    p.add_argument("--in-chans", type=positive_int, default=3)
     p.add_argument("--small-input", action="store_true", help="stride-1 stem for 28-32 px inputs")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.num_classes < 1 or args.in_chans < 1:
-        raise UserError("--num-classes and --in-chans must be >= 1")
     net = create_supernet(args.arch, args.num_classes, args.in_chans, args.small_input)
     space = net.space
     rows = {"smallest": space.smallest(), "largest": space.largest()}

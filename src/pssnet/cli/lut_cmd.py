@@ -8,10 +8,11 @@ import json
 import time
 
 from ..architectures import ARCHITECTURES
-from ..errors import UserError
+from ..fileio import output_file
 from ..latency import LatencyTable, build_table, enumerate_configs
 from ..timing import STATISTICS, MeasureSettings
 from ..supernet import create_supernet
+from .args import non_negative_int, positive_int
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -42,18 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "and time each on this device. Resumes when -o exists and matches.")
     b.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     b.add_argument("--small-input", action="store_true", help="stride-1 stem for 28-32 px inputs")
-    b.add_argument("--num-classes", type=int, default=1000)
-    b.add_argument("--in-chans", type=int, default=3)
+    b.add_argument("--num-classes", type=positive_int, default=1000)
+    b.add_argument("--in-chans", type=positive_int, default=3)
     b.add_argument("--resolutions", type=_triple, metavar="MIN:MAX:STEP",
                    help="resolution range of the space (default: the architecture's)")
     b.add_argument("--width-range", type=_pair, default=(0.75, 1.0), metavar="LOW:HIGH",
                    help="width multiplier range of the space (default 0.75:1.0)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default cpu)")
-    b.add_argument("--threads", type=int, help="CPU threads while measuring (default: torch's current count)")
-    b.add_argument("--batch", type=int, default=1, help="batch size of the timed inputs (default 1)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed calls per round (default 2)")
-    b.add_argument("--repeats", type=int, default=5, help="timed calls per round (default 5)")
-    b.add_argument("--rounds", type=int, default=5, help="rounds, spread over time, per entry (default 5)")
+    b.add_argument("--threads", type=positive_int, help="CPU threads while measuring (default: torch's current count)")
+    b.add_argument("--batch", type=positive_int, default=1, help="batch size of the timed inputs (default 1)")
+    b.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per round (default 2)")
+    b.add_argument("--repeats", type=positive_int, default=5, help="timed calls per round (default 5)")
+    b.add_argument("--rounds", type=positive_int, default=5, help="rounds, spread over time, per entry (default 5)")
     b.add_argument("--statistic", choices=STATISTICS, default="median",
                    help="summary of an entry's samples: median (default), or min on a machine shared "
                         "with other load")
@@ -70,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    if args.num_classes < 1 or args.in_chans < 1:
-        raise UserError("--num-classes and --in-chans must be >= 1")
+    if not args.dry_run:
+        output_file(args.output, "-o")
     settings = MeasureSettings(device=args.device, threads=args.threads, batch=args.batch, warmup=args.warmup,
                                repeats=args.repeats, rounds=args.rounds, statistic=args.statistic)
     net = create_supernet(args.arch, args.num_classes, args.in_chans, args.small_input,

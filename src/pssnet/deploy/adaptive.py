@@ -66,15 +66,17 @@ class AdaptiveNet(nn.Module):
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_bundle(cls, bundle: Mapping[str, Any], device: torch.device | str = "cpu") -> "AdaptiveNet":
-        """An AdaptiveNet of a bundle dict (see :func:`pssnet.deploy.make_bundle`)."""
-        contents = unpack_bundle(bundle)
+    def from_bundle(cls, bundle: Mapping[str, Any], device: torch.device | str = "cpu",
+                    source: str = "the bundle") -> "AdaptiveNet":
+        """An AdaptiveNet of a bundle dict (see :func:`pssnet.deploy.make_bundle`); ``source``
+        names it in error messages."""
+        contents = unpack_bundle(bundle, source)
         return cls(contents.net, contents.subnets, contents.bn_stats, contents.info).to(device)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], device: torch.device | str = "cpu") -> "AdaptiveNet":
         """Load ``adaptive.pt`` (written by ``pssnet eval``)."""
-        return cls.from_bundle(load_bundle(path), device)
+        return cls.from_bundle(load_bundle(path), device, source=f"deployment bundle '{path}'")
 
     def train(self, mode: bool = True) -> "AdaptiveNet":
         """Inference only: stays in eval mode (train the :class:`Supernet` instead)."""

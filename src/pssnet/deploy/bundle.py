@@ -14,9 +14,13 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
+from .. import schema
+from ..calibration import bn_layers
+from ..constraints import KINDS, Constraint
 from ..errors import UserError
 from ..fileio import load_plain, save_atomic
-from ..space import Subnet
+from ..schema import FieldError
+from ..space import SpaceError, Subnet
 from ..supernet import Supernet, create_supernet
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
@@ -100,20 +104,85 @@ def load_bundle(path: Union[str, os.PathLike]) -> dict[str, Any]:
                       "write one with pssnet eval RUN_DIR (it saves RUN_DIR/adaptive.pt)")
 
 
-def unpack_bundle(bundle: Mapping[str, Any]) -> BundleContents:
-    """Rebuild the supernet of a bundle dict and read its entries; a bundle that is incomplete
-    or does not match its model raises :class:`UserError`."""
+def unpack_bundle(bundle: Mapping[str, Any], source: str = "the bundle") -> BundleContents:
+    """Rebuild the supernet of a bundle dict and read its entries. Every field is checked
+    (present, typed, finite, in range, BN statistics shaped like the model's layers); a bundle
+    that is damaged or does not match its model raises :class:`UserError` naming ``source``
+    and the field."""
     try:
-        net = create_supernet(**bundle["model_config"])
-        net.load_state_dict(bundle["state_dict"])
-        subnets = [RetainedSubnet(Subnet.from_dict(e["subnet"]), tuple(e["labels"]),
-                                  {k: float(v) for k, v in e["resources"].items()},
-                                  e.get("holdout_acc"), e.get("test_acc"), slot)
-                   for slot, e in enumerate(bundle["subnets"])]
-        bn_stats = bundle["bn_stats"]
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise UserError(f"the bundle is incomplete or does not match its model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]}); re-run pssnet eval to rewrite it") from None
+        return _unpack(bundle)
+    except FieldError as exc:
+        message = str(exc)
+    except (KeyError, TypeError, RuntimeError) as exc:  # e.g. weights that do not fit the model
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    raise UserError(f"{source} is damaged or does not match its model ({message}); "
+                    "re-run pssnet eval to rewrite it")
+
+
+def _unpack(bundle: Mapping[str, Any]) -> BundleContents:
+    config = schema.mapping(schema.require(bundle, "model_config"), "model_config")
+    try:
+        net = create_supernet(**config)
+    except FieldError as exc:
+        raise FieldError(f"model_config: {exc}") from None
+    net.load_state_dict(schema.mapping(schema.require(bundle, "state_dict"), "state_dict"))
+    entries = schema.sequence(schema.require(bundle, "subnets"), "subnets")
+    subnets = [_retained(entry, slot, net) for slot, entry in enumerate(entries)]
+    bn_stats = _bn_stats(schema.require(bundle, "bn_stats"), net, len(subnets))
+    for i, c in enumerate(schema.sequence(bundle.get("constraints") or [], "constraints")):
+        try:
+            Constraint.from_dict(schema.mapping(c, f"constraints[{i}]"))
+        except (KeyError, TypeError, ValueError, UserError) as exc:
+            raise FieldError(f"field 'constraints[{i}]' is not a constraint ({exc})") from None
+    schema.integer(bundle.get("image_size"), "image_size", 1, 8192, optional=True)
+    for key in ("sampler", "select_on", "data"):
+        schema.string(bundle.get(key), key, optional=True)
+    schema.mapping(bundle.get("luts") or {}, "luts")
     info = {k: bundle.get(k) for k in _INFO_KEYS}
-    info["model_config"] = dict(bundle["model_config"])
+    info["model_config"] = dict(config)
     return BundleContents(net, subnets, bn_stats, info)
+
+
+def _retained(entry: Any, slot: int, net: Supernet) -> RetainedSubnet:
+    """Entry ``slot`` of a bundle's ``subnets``: a subnet of the model's space, its labels,
+    finite non-negative resources and accuracies (percent) or None."""
+    where = f"subnets[{slot}]"
+    schema.mapping(entry, where)
+    try:
+        subnet = net.space.validate(Subnet.from_dict(schema.require(entry, "subnet", where)))
+    except SpaceError as exc:
+        raise FieldError(f"field '{where}.subnet': {exc}") from None
+    labels = tuple(schema.string(label, f"{where}.labels[{i}]")
+                   for i, label in enumerate(schema.sequence(schema.require(entry, "labels", where),
+                                                             f"{where}.labels")))
+    resources = schema.mapping(schema.require(entry, "resources", where), f"{where}.resources")
+    for kind in resources:
+        if kind not in KINDS:
+            raise FieldError(f"field '{where}.resources' has an unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    resources = {k: schema.number(v, f"{where}.resources.{k}", low=0.0) for k, v in resources.items()}
+    holdout, test = (schema.number(entry.get(k), f"{where}.{k}", 0.0, 100.0, optional=True)
+                     for k in ("holdout_acc", "test_acc"))
+    return RetainedSubnet(subnet, labels, resources, holdout, test, slot)
+
+
+def _bn_stats(value: Any, net: Supernet, slots: int) -> dict[str, dict[str, torch.Tensor]]:
+    """The stored statistics of every BatchNorm of ``net``: finite float tensors
+    ``[slots, channels]``, variances non-negative."""
+    stats = schema.mapping(value, "bn_stats")
+    checked = {}
+    for name, bn in bn_layers(net):
+        where = f"bn_stats.{name}"
+        entry = schema.mapping(schema.require(stats, name, "bn_stats"), where)
+        checked[name] = {}
+        for part in ("mean", "var"):
+            tensor = schema.require(entry, part, where)
+            shape = (slots, bn.num_features)
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() \
+                    or tuple(tensor.shape) != shape:
+                found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise FieldError(f"field '{where}.{part}' must be a float tensor of shape {list(shape)} "
+                                 f"(subnets, channels), got {found}")
+            if not bool(torch.isfinite(tensor).all()) or (part == "var" and bool((tensor < 0).any())):
+                raise FieldError(f"field '{where}.{part}' has non-finite{' or negative' if part == 'var' else ''} values")
+            checked[name][part] = tensor
+    return checked

@@ -15,8 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import schema
 from ..errors import UserError
 from ..fileio import write_text_atomic
+from ..schema import FieldError
 from ..layout import Layout
 from ..resources import LATENCY_DEVICES
 from ..space import Subnet
@@ -120,19 +122,15 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "LatencyTable":
+        """A table from its JSON form; every field is checked (present, typed, finite, in
+        range) and a damaged table is a :class:`UserError` naming ``source`` and the field."""
         where = source or "latency table"
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise UserError(f"{where} is not a {FORMAT} table (format {found!r}): build one with pssnet lut build")
         try:
-            device = dict(data["device"])
-            if device.get("type") not in LATENCY_DEVICES.values():
-                raise ValueError(f"device type {device.get('type')!r}")
-            config = {k: data[k] for k in ("arch", "small_input", "num_classes", "in_chans",
-                                           "resolutions", "width_range")}
-            return cls(data["entries"], device, config, int(data["batch"]), data.get("settings", {}),
-                       bool(data.get("complete", True)), float(data.get("overhead_ms", 0.0)), source)
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(**_checked_fields(data), source=source)
+        except FieldError as exc:
             raise UserError(f"{where} is a damaged latency table ({exc}): rebuild it with pssnet lut build") from None
 
     def save(self, path: str | os.PathLike) -> None:
@@ -149,6 +147,39 @@ class LatencyTable:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read latency table {path} ({exc}): rebuild it with pssnet lut build") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a table's JSON form, each field checked."""
+    device = schema.mapping(schema.require(data, "device"), "device")
+    if device.get("type") not in LATENCY_DEVICES.values():
+        raise FieldError(f"field 'device.type' must be one of {', '.join(sorted(LATENCY_DEVICES.values()))}, "
+                         f"got {device.get('type')!r}")
+    resolutions = schema.require(data, "resolutions")
+    if resolutions is not None:
+        resolutions = [schema.integer(v, f"resolutions[{i}]", low=1)
+                       for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3))]
+    config = {
+        "arch": schema.string(schema.require(data, "arch"), "arch"),
+        "small_input": schema.boolean(schema.require(data, "small_input"), "small_input"),
+        "num_classes": schema.integer(schema.require(data, "num_classes"), "num_classes", low=1),
+        "in_chans": schema.integer(schema.require(data, "in_chans"), "in_chans", low=1),
+        "resolutions": resolutions,
+        "width_range": [schema.number(v, f"width_range[{i}]", low=0.0, low_open=True) for i, v in
+                        enumerate(schema.sequence(schema.require(data, "width_range"), "width_range", 2))],
+    }
+    entries = schema.mapping(schema.require(data, "entries"), "entries")
+    return {
+        # A block's latency is a duration: finite and non-negative.
+        "entries": {k: schema.number(v, f"entries[{k!r}]", low=0.0) for k, v in entries.items()},
+        "device_info": device,
+        "model_config": config,
+        "batch": schema.integer(schema.require(data, "batch"), "batch", low=1),
+        "settings": schema.mapping(data.get("settings", {}), "settings"),
+        "complete": schema.boolean(data.get("complete", True), "complete"),
+        # Calibrated as a median difference: may be slightly negative, never infinite.
+        "overhead_ms": schema.number(data.get("overhead_ms", 0.0), "overhead_ms"),
+    }
 
 
 def _compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

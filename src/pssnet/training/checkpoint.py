@@ -115,5 +115,11 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         return load_plain(final, "pssnet run file", RUN_FORMAT, _RERUN_HINT)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
+        damaged = list_checkpoints(run_dir)
+        if damaged:  # every checkpoint failed to load (e.g. truncated by a full disk or a kill)
+            raise UserError(f"{run_dir}: its checkpoint{'s' if len(damaged) > 1 else ''} "
+                            f"({', '.join(p.name for p in damaged)}) {'are' if len(damaged) > 1 else 'is'} "
+                            "damaged (truncated or not a pssnet checkpoint) and there is no final.pt; "
+                            "train again into this directory or another --out")
         raise UserError(f"{run_dir} has neither final.pt nor checkpoints; is it a pssnet train --out directory?")
     return run_record(checkpoint)
