@@ -219,8 +219,9 @@ class Trainer:
         grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
         positions = np.arange(order.size).reshape(grid.shape)
         indices = grid[start_batch:, ctx.rank].ravel()
-        seeds = (np.int64(c.seed) * 1_000_003 + epoch) * 10_000_019 + positions[start_batch:, ctx.rank].ravel()
-        view = _EpochView(dataset, indices, seeds % (2**62))
+        base = ((c.seed * 1_000_003 + epoch) * 10_000_019) % 2**62  # Python ints: no int64 overflow
+        seeds = (np.int64(base) + positions[start_batch:, ctx.rank].ravel()) % 2**62
+        view = _EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
         return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
