@@ -14,7 +14,7 @@ import pathlib
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_c
 from ..supernet import Supernet, create_supernet
 from .checkpoint import latest_checkpoint, run_record, save_checkpoint
 from .config import TrainConfig
+from .options import check_bounds
+from .run_dir import (RunLock, check_world_size, remove_stray_files, resume_config, saved_config,
+                      set_aside_checkpoints, truncate_metrics)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .step import SandwichStep, StepResult
@@ -115,23 +118,38 @@ class Trainer:
         self._last_save = time.monotonic()
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:
-            self.checkpoint = latest_checkpoint(self.out)
-            if self.checkpoint is None:
-                raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
-            return
-        if (self.out / "final.pt").exists() or (self.out / "checkpoints").is_dir():
-            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+    def _note(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, file=sys.stderr, flush=True)
 
-    def _adopt_saved_config(self) -> None:
-        """A resumed run continues under its own settings, except where and how it runs."""
-        if self.checkpoint is None:
-            return
-        saved = TrainConfig.from_dict(self.checkpoint["config"])
-        for keep in ("out", "device", "num_workers", "progress", "threads"):
-            setattr(saved, keep, getattr(self.config, keep))
-        self.config = saved
+    def _prepare_run_dir(self, resume: bool, given: Optional[Collection[tuple[str, ...]]]) -> None:
+        """Find what the run directory holds and decide: resume, start (again), or refuse.
+
+        A directory without a complete checkpoint (a run killed before its first one) may always
+        be started again, or resumed from the beginning under its saved settings."""
+        if self.ctx.is_main:
+            for path in remove_stray_files(self.out):
+                self._note(f"note: removed {path}, left by an interrupted write")
+        self.checkpoint = latest_checkpoint(self.out)
+        newest = -1 if self.checkpoint is None else int(self.checkpoint["iteration"])
+        if resume:
+            saved = self.checkpoint["config"] if self.checkpoint is not None else saved_config(self.out)
+            if saved is None:
+                raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+            if self.checkpoint is None:
+                self._note(f"note: {self.out} has no complete checkpoint; starting the run from the beginning")
+            else:
+                check_world_size(self.checkpoint, self.ctx.world_size, self.out)
+            self.config, changed = resume_config(saved, self.config, given)
+            if changed:
+                self._note(f"resume: {', '.join(changed)}")
+        elif (self.out / "final.pt").exists() or self.checkpoint is not None:
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        elif (self.out / "config.json").exists() or (self.out / "checkpoints").is_dir():
+            self._note(f"note: {self.out} holds a run with no complete checkpoint; starting it again")
+        if self.ctx.is_main:
+            for path in set_aside_checkpoints(self.out, newest):
+                self._note(f"note: set aside the unreadable checkpoint {path}")
 
     def _seed(self) -> None:
         c = self.config
@@ -194,7 +212,8 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       lambda it: cosine_factor(it, plan.total, plan.warmup))
         scaler = torch.amp.GradScaler("cuda") if c.amp and device.type == "cuda" else None
-        return TrainState(c, net, optimizer, scheduler, scaler, sampler, constraints, luts, maps, holdout)
+        return TrainState(c, net, optimizer, scheduler, scaler, sampler, constraints, luts, maps, holdout,
+                          world_size=self.ctx.world_size)
 
     def _sandwich_step(self, state: TrainState) -> SandwichStep:
         c, ctx = self.config, self.ctx
@@ -237,9 +256,23 @@ class Trainer:
         return Subset(data.train, rest), {"count": count, "seed": self.config.seed}
 
     # -- main loop -----------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> pathlib.Path:
-        self._prepare_run_dir(resume)
-        self._adopt_saved_config()
+    def run(self, resume: bool = False, given: Optional[Collection[tuple[str, ...]]] = None) -> pathlib.Path:
+        """Train (or, with ``resume``, continue) the run in ``config.out``; returns its directory.
+
+        ``given``: the option paths the user asked for (``("recipe", "lr")``), which a resume
+        compares with the run's own settings; None: every option that differs from its default."""
+        check_bounds(self.config)
+        if resume and not self.out.is_dir():
+            raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+        lock = RunLock(self.out).acquire() if self.ctx.is_main else None
+        try:
+            return self._run(resume, given)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume: bool, given: Optional[Collection[tuple[str, ...]]]) -> pathlib.Path:
+        self._prepare_run_dir(resume, given)
         self.config.validate()
         self._seed()
         data = load_data(self.config.data, self.config.image_size)
@@ -334,10 +367,7 @@ class _RunLogger:
         if not ctx.is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
-        if self.metrics_path.exists():  # drop lines written after the checkpoint we resume from
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration]
-            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
+        truncate_metrics(self.metrics_path, iteration)  # drop rows written after the checkpoint we resume from
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
