@@ -77,11 +77,16 @@ def _lut_kinds(paths: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     from ..training import Trainer
     from ..training.distributed import init_distributed, shutdown_distributed
+    from ..training.interrupt import TrainingInterrupted
 
     config = build_config(args)
     ctx = init_distributed(config.device, config.dist_timeout_minutes)
     try:
         out = Trainer(config, ctx).run(resume=args.resume, given=asked_for(args, config))
+    except TrainingInterrupted as stop:
+        if ctx.is_main:
+            print(f"pssnet train: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_status
     except BaseException as exc:
         if ctx.enabled:  # name the failing rank; torchrun then stops the others and exits non-zero
             print(f"pssnet train: rank {ctx.rank} of {ctx.world_size} failed: {type(exc).__name__}: {exc}",

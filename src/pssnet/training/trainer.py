@@ -30,8 +30,9 @@ from ..fileio import output_dir, save_atomic, write_text_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
-from .checkpoint import latest_checkpoint, run_record, save_checkpoint
+from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, run_record, save_checkpoint
 from .config import TrainConfig
+from .interrupt import StopSignals, TrainingInterrupted
 from .options import check_bounds
 from .run_dir import (RunLock, check_world_size, remove_stray_files, resume_config, saved_config,
                       set_aside_checkpoints, truncate_metrics)
@@ -59,6 +60,12 @@ class _EpochView(Dataset):
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled sample order of ``epoch`` (the same on every rank and after a resume)."""
     return np.random.Generator(np.random.PCG64([seed, epoch, 0xDA7A])).permutation(num_samples)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of rank ``rank`` while training: ranks share weights and subnets, but draw
+    their own dropout masks and other torch randomness."""
+    return int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, np.uint64)[0])
 
 
 def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -281,8 +288,9 @@ class Trainer:
         train_set, holdout = self._without_holdout(data)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
+        torch.manual_seed(rank_seed(self.config.seed, self.ctx.rank))
         if self.checkpoint is not None:
-            state.load_state_dict(self.checkpoint)
+            state.load_state_dict(self.checkpoint, self.ctx.rank)
 
         step = self._sandwich_step(state)
         logger = _RunLogger(self.out, self.config, self.ctx, state.iteration)
@@ -290,8 +298,13 @@ class Trainer:
             logger.write_config(self._resolved_config(state, plan))
         state.net.train()
         self._last_save = time.monotonic()
-        while state.iteration < plan.total:
-            self._train_epoch(state, step, train_set, plan, logger)
+        with StopSignals() as signals:
+            try:
+                while state.iteration < plan.total:
+                    self._train_epoch(state, step, train_set, plan, logger, signals)
+            except TrainingInterrupted:
+                logger.close_writer()
+                raise
 
         self._check_ranks(state.sampler, state.sequence.hex(), logger)
         if self.ctx.is_main:
@@ -300,7 +313,7 @@ class Trainer:
         return self.out
 
     def _train_epoch(self, state: TrainState, step: SandwichStep, train_set: Dataset, plan: _Schedule,
-                     logger: "_RunLogger") -> None:
+                     logger: "_RunLogger", signals: StopSignals) -> None:
         """Train the rest of the current epoch (all of it, unless resumed or cut by ``plan.total``)."""
         c = self.config
         epoch, start_batch = divmod(state.iteration, plan.iters_per_epoch)
@@ -314,7 +327,7 @@ class Trainer:
             last = state.iteration == plan.total
             logger.step(state.iteration, epoch, result, draw, state.optimizer.param_groups[0]["lr"], state.sampler,
                         bar, force=epoch_end or last)
-            self._maybe_checkpoint(state, force=epoch_end or last)
+            self._sync_point(state, epoch_end or last, signals)
             batches -= 1
             if batches == 0:
                 break
@@ -331,19 +344,42 @@ class Trainer:
         images = images.to(self.ctx.device, non_blocking=True)
         labels = labels.to(self.ctx.device, non_blocking=True)
         result = step(images, labels, draw.subnet)
+        self._check_finite(result, state.iteration + 1)
         state.sampler.update(draw, result.score)
         state.scheduler.step()
         state.advance(draw.subnet)
         return draw, result
 
-    def _maybe_checkpoint(self, state: TrainState, force: bool) -> None:
-        """Checkpoint on rank 0 when ``force``d (epoch end, last iteration) or when one is due."""
+    def _check_finite(self, result: StepResult, iteration: int) -> None:
+        """Stop a diverged run before its weights reach a checkpoint (losses are the same on all ranks)."""
+        losses = (result.loss_largest, result.loss_sampled, result.loss_smallest)
+        bad = next((x for x in losses if not math.isfinite(x)), None)
+        if bad is None:
+            return
+        saved = list_checkpoints(self.out)
+        kept = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+        raise UserError(f"the loss became {bad} at iteration {iteration}; {kept}; train again (new --out) "
+                        "with a lower --lr or more --warmup-epochs")
+
+    def _sync_point(self, state: TrainState, force: bool, signals: StopSignals) -> None:
+        """After each iteration all ranks agree whether to checkpoint (``force``: epoch end, last
+        iteration; or one is due) and whether a signal asks them to stop, which they do together."""
         c = self.config.checkpoint
-        due = (c.every_iters and state.iteration % c.every_iters == 0) or \
+        due = force or bool(c.every_iters and state.iteration % c.every_iters == 0) or \
             time.monotonic() - self._last_save >= c.every_minutes * 60
-        if self.ctx.is_main and (due or force):
-            save_checkpoint(self.out, state.state_dict(), c.keep)
-            self._last_save = time.monotonic()
+        due, signum = self.ctx.maximum([int(due), signals.signum])
+        if due or signum:
+            self._checkpoint(state)
+        if signum:
+            raise TrainingInterrupted(signum, f"stopped by signal {signum} after iteration {state.iteration} "
+                                      f"(checkpoint written); continue with: pssnet train --out {self.out} --resume")
+
+    def _checkpoint(self, state: TrainState) -> None:
+        """Write a checkpoint (rank 0), with every rank's RNG states when there are several."""
+        rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
+        if self.ctx.is_main:
+            save_checkpoint(self.out, state.state_dict(rngs), self.config.checkpoint.keep)
+        self._last_save = time.monotonic()
 
     def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
         """All ranks must end with the same pools and the same subnet sequence."""
@@ -411,6 +447,10 @@ class _RunLogger:
         if self.writer is not None:
             self.writer.add_scalar("train/epoch", epoch + 1, iteration)
             self.writer.flush()
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def close(self, iteration: int) -> None:
         self.record({"event": "done", "iteration": iteration})
