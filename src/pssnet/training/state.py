@@ -50,7 +50,6 @@ class TrainState:
     holdout: Optional[dict[str, int]]  # {"count", "seed"} of data.split_train, or None
     iteration: int = 0
     sequence: bytes = b""  # chained SHA-256 of the subnets trained so far
-    world_size: int = 1  # processes training together (the global batch is config.batch_size x this)
 
     def advance(self, subnet: Subnet) -> None:
         """Count one finished iteration that trained ``subnet``."""
@@ -70,7 +69,6 @@ class TrainState:
             "luts": {kind: t.to_dict() for kind, t in self.luts.items()},
             "maps": maps_to_state(self.maps),
             "sequence": self.sequence.hex(), "holdout": self.holdout,
-            "world_size": self.world_size, "global_batch": self.config.batch_size * self.world_size,
         }
 
     def load_state_dict(self, checkpoint: Mapping[str, Any], rank: int = 0) -> None:

@@ -219,8 +219,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       lambda it: cosine_factor(it, plan.total, plan.warmup))
         scaler = torch.amp.GradScaler("cuda") if c.amp and device.type == "cuda" else None
-        return TrainState(c, net, optimizer, scheduler, scaler, sampler, constraints, luts, maps, holdout,
-                          world_size=self.ctx.world_size)
+        return TrainState(c, net, optimizer, scheduler, scaler, sampler, constraints, luts, maps, holdout)
 
     def _sandwich_step(self, state: TrainState) -> SandwichStep:
         c, ctx = self.config, self.ctx
@@ -375,10 +374,13 @@ class Trainer:
                                       f"(checkpoint written); continue with: pssnet train --out {self.out} --resume")
 
     def _checkpoint(self, state: TrainState) -> None:
-        """Write a checkpoint (rank 0), with every rank's RNG states when there are several."""
+        """Write a checkpoint (rank 0) with the run's process count and global batch (a resume must
+        match them) and, when there are several processes, every rank's RNG states."""
+        world = self.ctx.world_size
         rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
         if self.ctx.is_main:
-            save_checkpoint(self.out, state.state_dict(rngs), self.config.checkpoint.keep)
+            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world}
+            save_checkpoint(self.out, content, self.config.checkpoint.keep)
         self._last_save = time.monotonic()
 
     def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
