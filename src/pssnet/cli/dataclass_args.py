@@ -119,3 +119,13 @@ def apply_flags(config: Any, args: argparse.Namespace, flags: Iterable[Flag]) ->
         for opt, value in zip(flag.options, flag.values(given)):
             opt.set(config, value)
     return config
+
+
+def given_paths(args: argparse.Namespace, flags: Iterable[Flag]) -> set[tuple[str, ...]]:
+    """The option paths (``("recipe", "lr")``) whose flag was given on the command line."""
+    paths: set[tuple[str, ...]] = set()
+    for flag in flags:
+        given = getattr(args, flag.dest)
+        if given is not None and not (given is False and flag.turns_off):
+            paths.update(opt.path for opt in flag.options)
+    return paths

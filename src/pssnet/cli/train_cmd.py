@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .dataclass_args import add_flags, apply_flags, flags_of, help_sections
+from .dataclass_args import add_flags, apply_flags, flags_of, given_paths, help_sections
 
 _EPILOG = """\
 examples:
@@ -53,6 +53,18 @@ def build_config(args: argparse.Namespace):
     return config
 
 
+def asked_for(args: argparse.Namespace, config) -> set[tuple[str, ...]]:
+    """The settings the user asked for: the flags given, and what ``--preset`` set."""
+    from ..training.config import TrainConfig
+    from ..training.options import declared_options
+
+    paths = given_paths(args, flags_of(TrainConfig))
+    if args.preset:
+        defaults = TrainConfig()
+        paths |= {o.path for o in declared_options(TrainConfig) if o.get(config) != o.get(defaults)}
+    return paths
+
+
 def _lut_kinds(paths: list[str]) -> list[str]:
     if not paths:
         return []
@@ -65,11 +77,16 @@ def _lut_kinds(paths: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     from ..training import Trainer
     from ..training.distributed import init_distributed, shutdown_distributed
+    from ..training.interrupt import TrainingInterrupted
 
     config = build_config(args)
     ctx = init_distributed(config.device, config.dist_timeout_minutes)
     try:
-        out = Trainer(config, ctx).run(resume=args.resume)
+        out = Trainer(config, ctx).run(resume=args.resume, given=asked_for(args, config))
+    except TrainingInterrupted as stop:
+        if ctx.is_main:
+            print(f"pssnet train: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_status
     except BaseException as exc:
         if ctx.enabled:  # name the failing rank; torchrun then stops the others and exits non-zero
             print(f"pssnet train: rank {ctx.rank} of {ctx.world_size} failed: {type(exc).__name__}: {exc}",

@@ -31,14 +31,14 @@ def _preset_names() -> list[str]:
 class RecipeConfig:
     """Optimisation recipe (paper defaults for ImageNet)."""
 
-    lr: Optional[float] = option(None, group=_RECIPE, help="learning rate (default 0.3 x global batch / 1024)")
-    lr_per_1024: float = option(0.3, flag=None, help="learning rate per 1024 images of global batch, when lr is None")
-    momentum: float = option(0.9, group=_RECIPE, help="SGD momentum (default 0.9)")
+    lr: Optional[float] = option(None, group=_RECIPE, above=0.0, help="learning rate (default 0.3 x global batch / 1024)")
+    lr_per_1024: float = option(0.3, flag=None, above=0.0, help="learning rate per 1024 images of global batch, when lr is None")
+    momentum: float = option(0.9, group=_RECIPE, min=0.0, below=1.0, help="SGD momentum (default 0.9)")
     nesterov: bool = option(True, flag="--no-nesterov", group=_RECIPE, help="plain instead of Nesterov momentum")
-    weight_decay: float = option(1e-4, group=_RECIPE,
+    weight_decay: float = option(1e-4, group=_RECIPE, min=0.0,
                                  help="on conv (not depthwise) and linear weights only (default 1e-4)")
-    label_smoothing: float = option(0.0, group=_RECIPE, help="label smoothing of the largest subnet's loss")
-    warmup_epochs: float = option(0.0, group=_RECIPE, help="epochs of linear learning-rate warm-up")
+    label_smoothing: float = option(0.0, group=_RECIPE, min=0.0, below=1.0, help="label smoothing of the largest subnet's loss")
+    warmup_epochs: float = option(0.0, group=_RECIPE, min=0.0, help="epochs of linear learning-rate warm-up")
 
 
 @dataclass
@@ -48,15 +48,15 @@ class SamplerConfig:
     name: str = option("pss", flag="--sampler", group=_WHAT, choices=("pss", "uniform"),
                        help="PSS or the uniform baseline (default pss)")
     pool_size: int = option(50, group=_PSS, min=1, help="subnets kept per budget target (default 50)")
-    ema: float = option(0.9, group=_PSS, help="score EMA factor lambda (default 0.9)")
-    p0: float = option(1.0, flag="--p-range", group=_PSS, metavar="P0:P1", example="1.0:0.01",
+    ema: float = option(0.9, group=_PSS, min=0.0, below=1.0, help="score EMA factor lambda (default 0.9)")
+    p0: float = option(1.0, flag="--p-range", group=_PSS, above=0.0, max=1.0, metavar="P0:P1", example="1.0:0.01",
                        help="space-vs-pool probability schedule (default 1.0:0.01)")
-    p1: float = option(0.01, flag="--p-range", help="(the second part of --p-range)")
-    t0: float = option(1.0, flag="--t-range", group=_PSS, metavar="T0:T1", example="1.0:0.01",
+    p1: float = option(0.01, flag="--p-range", above=0.0, max=1.0, help="(the second part of --p-range)")
+    t0: float = option(1.0, flag="--t-range", group=_PSS, above=0.0, metavar="T0:T1", example="1.0:0.01",
                        help="softmax temperature schedule (default 1.0:0.01)")
-    t1: float = option(0.01, flag="--t-range", help="(the second part of --t-range)")
-    map_samples: int = option(1_000_000, group=_PSS, help="random subnets behind the space map (default 1000000)")
-    map_cache: Optional[str] = option(None, group=_PSS, metavar="DIR",
+    t1: float = option(0.01, flag="--t-range", above=0.0, help="(the second part of --t-range)")
+    map_samples: int = option(1_000_000, group=_PSS, min=2, help="random subnets behind the space map (default 1000000)")
+    map_cache: Optional[str] = option(None, group=_PSS, on_resume="local", metavar="DIR",
                                       help="space-map cache directory ('' disables)")  # None: ~/.cache/pssnet
 
 
@@ -64,11 +64,11 @@ class SamplerConfig:
 class CheckpointConfig:
     """When checkpoints are written and how many are kept."""
 
-    every_minutes: float = option(10.0, flag="--checkpoint-minutes", group=_RUN,
+    every_minutes: float = option(10.0, flag="--checkpoint-minutes", group=_RUN, above=0.0, on_resume="harmless",
                                   help="minutes between checkpoints (default 10)")
-    every_iters: int = option(0, flag="--checkpoint-iters", group=_RUN,
+    every_iters: int = option(0, flag="--checkpoint-iters", group=_RUN, min=0, on_resume="harmless",
                               help="also checkpoint every N iterations")  # 0: only by time and at epoch ends
-    keep: int = option(3, flag="--keep-checkpoints", group=_RUN, min=1, help="checkpoints kept (default 3)")
+    keep: int = option(3, flag="--keep-checkpoints", group=_RUN, min=1, on_resume="harmless", help="checkpoints kept (default 3)")
 
 
 @dataclass
@@ -80,16 +80,16 @@ class TrainConfig:
     arch: str = option("", group=_WHAT, choices=_architecture_names, help="supernet architecture")
     data: str = option("", group=_WHAT, metavar="SPEC", help="fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, "
                                                              "cifar100:DIR, folder:DIR or fashion-mnist-mini")
-    out: str = option("", group=_RUN, metavar="DIR", required=True, help="run directory")
+    out: str = option("", group=_RUN, on_resume="local", metavar="DIR", required=True, help="run directory")
     constraints: list[str] = option(
         flag="--constraint", group=_WHAT, repeat=True, metavar="TYPE:START:STOP:STEP", default_factory=list,
         help="budget grid, repeatable (flops, params, latency_cpu, latency_gpu); "
              "TYPE:auto[:COUNT] spans the space's range")
-    epochs: int = option(250, group=_RUN, min=1, help="passes over the training images (default 250)")
+    epochs: int = option(250, group=_RUN, min=1, on_resume="harmless", help="passes over the training images (default 250)")
     batch_size: int = option(128, group=_RUN, min=1, help="images per process and iteration")
-    max_iters: Optional[int] = option(None, group=_RUN, min=1,
+    max_iters: Optional[int] = option(None, group=_RUN, min=1, on_resume="harmless",
                                       help="stop after this many iterations (schedules shrink to fit)")
-    seed: int = option(0, group=_RUN, help="seed of weights, data order, augmentation and sampler (default 0)")
+    seed: int = option(0, group=_RUN, min=0, max=2**32 - 1, help="seed of weights, data order, augmentation and sampler (default 0)")
     holdout: int = option(2000, group=_RUN, min=0,
                           help="training images kept out for pssnet eval to select subnets on "
                                "(default 2000, at most a tenth; 0 trains on all)")
@@ -97,28 +97,28 @@ class TrainConfig:
                              help="latency table (pssnet lut build), repeatable")
     small_input: Optional[bool] = option(None, group=_WHAT,
                                          help="stride-1 stem for 28-32 px images (default: by image size)")
-    resolutions: Optional[list[int]] = option(None, group=_WHAT, metavar="MIN:MAX:STEP", example="24:32:4",
+    resolutions: Optional[list[int]] = option(None, group=_WHAT, min=1, metavar="MIN:MAX:STEP", example="24:32:4",
                                               help="override the resolution range")
-    width_range: list[float] = option(flag=None, default_factory=lambda: [0.75, 1.0],
+    width_range: list[float] = option(flag=None, above=0.0, default_factory=lambda: [0.75, 1.0],
                                       help="[min, max] width multiplier of every stage (Python API only)")
     image_size: Optional[int] = option(None, group=_WHAT, min=8, metavar="N",
                                        help="folder data: train at N px (default: the images' native size, "
                                             "at most 224)")
-    dropout: float = option(0.0, group=_WHAT, min=0.0,
+    dropout: float = option(0.0, group=_WHAT, min=0.0, below=1.0,
                             help="classifier dropout (default 0: the teacher and the reused pool scores "
                                  "stay noise-free, as in the reference)")
     init: Optional[str] = option(None, group=_WHAT, metavar="torchvision|PATH",
                                  help="start from torchvision's ImageNet weights or a local torchvision-format "
                                       "state dict (fresh runs only)")
-    device: str = option("auto", group=_RUN, choices=("auto", "cpu", "cuda"),
+    device: str = option("auto", group=_RUN, on_resume="local", choices=("auto", "cpu", "cuda"),
                          help="auto (default): CUDA when available, else CPU")
     amp: bool = option(False, group=_RUN, help="mixed precision")
     channels_last: bool = option(False, group=_RUN, help="channels-last memory format (GPUs)")
-    num_workers: int = option(0, group=_RUN, help="data-loader workers (default 0)")
-    threads: Optional[int] = option(None, group=_RUN, help="torch CPU threads")
-    log_every: int = option(10, group=_RUN, min=1, help="iterations between metrics lines (default 10)")
-    progress: bool = option(True, flag="--no-progress", group=_RUN, help="no progress bar")
-    dist_timeout_minutes: float = option(10.0, flag=None, help="torchrun process-group timeout (Python API only)")
+    num_workers: int = option(0, group=_RUN, min=0, on_resume="local", help="data-loader workers (default 0)")
+    threads: Optional[int] = option(None, group=_RUN, min=1, on_resume="local", help="torch CPU threads")
+    log_every: int = option(10, group=_RUN, min=1, on_resume="harmless", help="iterations between metrics lines (default 10)")
+    progress: bool = option(True, flag="--no-progress", group=_RUN, on_resume="local", help="no progress bar")
+    dist_timeout_minutes: float = option(10.0, flag=None, above=0.0, on_resume="local", help="torchrun process-group timeout (Python API only)")
     recipe: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)

@@ -44,6 +44,14 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor / self.world_size
 
+    def maximum(self, values: list[int]) -> list[int]:
+        """The element-wise maximum of ``values`` over all ranks (how ranks agree on a decision)."""
+        if not self.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return [int(v) for v in tensor.tolist()]
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (plain data), in rank order."""
         if not self.enabled:

@@ -14,12 +14,18 @@ Metadata keys:
 ``repeat``   a list field whose flag may be given several times, one element each; any other list
              field is one ``A:B:C`` value with as many parts as ``metavar`` has;
 ``example``  a valid ``A:B:C`` value, quoted when a value is malformed;
-``min``      the smallest allowed value, checked by :func:`check_bounds`.
+``min``, ``max``  the smallest / largest allowed value; ``above``, ``below``: exclusive bounds.
+             Checked by :func:`check_bounds` (on every element of a list), which also requires
+             every float to be finite;
+``on_resume`` what a ``--resume`` may do with the option: ``"local"`` (where and how this process
+             runs; always taken from the command line), ``"harmless"`` (may change; reported), or
+             absent (fixed: a change alters what is trained and is refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -84,10 +90,28 @@ def declared_options(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[Option
             yield Option(prefix + (f.name,), annotation, optional, f.metadata)
 
 
+def _bound_error(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
+    """Why ``value`` breaks the bounds in ``meta``, or None when it keeps them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "be a finite number"
+    checks = (("min", "at least", lambda v, b: v >= b), ("max", "at most", lambda v, b: v <= b),
+              ("above", "above", lambda v, b: v > b), ("below", "below", lambda v, b: v < b))
+    for key, words, holds in checks:
+        bound = meta.get(key)
+        if bound is not None and not holds(value, bound):
+            return f"be {words} {bound}"
+    return None
+
+
 def check_bounds(config: Any) -> None:
-    """Raise a UserError for the first option whose value is below its declared ``min``."""
+    """Raise a UserError naming the flag of the first option whose value (or one of whose list
+    elements) breaks its declared bounds or, being a float, is not finite."""
     for opt in declared_options(type(config)):
-        low, value = opt.meta.get("min"), opt.get(config)
-        if low is not None and value is not None and value < low:
-            name = opt.flag or ".".join(opt.path)
-            raise UserError(f"{name} must be at least {low}, got {value}")
+        value = opt.get(config)
+        for item in (value if isinstance(value, list) else [value]):
+            if item is None or isinstance(item, (bool, str)):
+                continue
+            problem = _bound_error(item, opt.meta)
+            if problem:
+                name = opt.flag or ".".join(opt.path)
+                raise UserError(f"{name} must {problem}, got {item}")

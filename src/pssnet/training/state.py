@@ -56,9 +56,11 @@ class TrainState:
         self.iteration += 1
         self.sequence = hashlib.sha256(self.sequence + subnet.key.encode()).digest()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint's content: tensors and plain data only."""
-        return {
+    def state_dict(self, rng_by_rank: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        """The checkpoint's content: tensors and plain data only. ``rng_by_rank``: every rank's RNG
+        states (multi-process runs, whose ranks draw different dropout masks)."""
+        extra = {"rng_by_rank": rng_by_rank} if rng_by_rank else {}
+        return {**extra,
             "iteration": self.iteration, "config": self.config.to_dict(), "model_config": self.net.config,
             "state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -69,15 +71,16 @@ class TrainState:
             "sequence": self.sequence.hex(), "holdout": self.holdout,
         }
 
-    def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        """Continue from ``checkpoint``: weights, optimiser, scheduler, scaler, sampler, RNGs,
-        iteration and sequence. (Its config and maps are read before the state is built.)"""
+    def load_state_dict(self, checkpoint: Mapping[str, Any], rank: int = 0) -> None:
+        """Continue from ``checkpoint``: weights, optimiser, scheduler, scaler, sampler, RNGs (of
+        process ``rank``), iteration and sequence. (Its config and maps are read before.)"""
         self.net.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.sampler.load_state_dict(checkpoint["sampler"])
-        restore_rng_state(checkpoint["rng"])
+        by_rank = checkpoint.get("rng_by_rank")
+        restore_rng_state(by_rank[rank] if by_rank else checkpoint["rng"])
         self.iteration = int(checkpoint["iteration"])
         self.sequence = bytes.fromhex(checkpoint["sequence"])

@@ -14,7 +14,7 @@ import pathlib
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import numpy as np
 import torch
@@ -30,8 +30,12 @@ from ..fileio import output_dir, save_atomic, write_text_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
-from .checkpoint import latest_checkpoint, run_record, save_checkpoint
+from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, run_record, save_checkpoint
 from .config import TrainConfig
+from .interrupt import StopSignals, TrainingInterrupted
+from .options import check_bounds
+from .run_dir import (RunLock, check_world_size, remove_stray_files, resume_config, saved_config,
+                      set_aside_checkpoints, truncate_metrics)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .step import SandwichStep, StepResult
@@ -56,6 +60,12 @@ class _EpochView(Dataset):
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled sample order of ``epoch`` (the same on every rank and after a resume)."""
     return np.random.Generator(np.random.PCG64([seed, epoch, 0xDA7A])).permutation(num_samples)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of rank ``rank`` while training: ranks share weights and subnets, but draw
+    their own dropout masks and other torch randomness."""
+    return int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, np.uint64)[0])
 
 
 def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -115,23 +125,38 @@ class Trainer:
         self._last_save = time.monotonic()
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:
-            self.checkpoint = latest_checkpoint(self.out)
-            if self.checkpoint is None:
-                raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
-            return
-        if (self.out / "final.pt").exists() or (self.out / "checkpoints").is_dir():
-            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+    def _note(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, file=sys.stderr, flush=True)
 
-    def _adopt_saved_config(self) -> None:
-        """A resumed run continues under its own settings, except where and how it runs."""
-        if self.checkpoint is None:
-            return
-        saved = TrainConfig.from_dict(self.checkpoint["config"])
-        for keep in ("out", "device", "num_workers", "progress", "threads"):
-            setattr(saved, keep, getattr(self.config, keep))
-        self.config = saved
+    def _prepare_run_dir(self, resume: bool, given: Optional[Collection[tuple[str, ...]]]) -> None:
+        """Find what the run directory holds and decide: resume, start (again), or refuse.
+
+        A directory without a complete checkpoint (a run killed before its first one) may always
+        be started again, or resumed from the beginning under its saved settings."""
+        if self.ctx.is_main:
+            for path in remove_stray_files(self.out):
+                self._note(f"note: removed {path}, left by an interrupted write")
+        self.checkpoint = latest_checkpoint(self.out)
+        newest = -1 if self.checkpoint is None else int(self.checkpoint["iteration"])
+        if resume:
+            saved = self.checkpoint["config"] if self.checkpoint is not None else saved_config(self.out)
+            if saved is None:
+                raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+            if self.checkpoint is None:
+                self._note(f"note: {self.out} has no complete checkpoint; starting the run from the beginning")
+            else:
+                check_world_size(self.checkpoint, self.ctx.world_size, self.out)
+            self.config, changed = resume_config(saved, self.config, given)
+            if changed:
+                self._note(f"resume: {', '.join(changed)}")
+        elif (self.out / "final.pt").exists() or self.checkpoint is not None:
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        elif (self.out / "config.json").exists() or (self.out / "checkpoints").is_dir():
+            self._note(f"note: {self.out} holds a run with no complete checkpoint; starting it again")
+        if self.ctx.is_main:
+            for path in set_aside_checkpoints(self.out, newest):
+                self._note(f"note: set aside the unreadable checkpoint {path}")
 
     def _seed(self) -> None:
         c = self.config
@@ -219,8 +244,9 @@ class Trainer:
         grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
         positions = np.arange(order.size).reshape(grid.shape)
         indices = grid[start_batch:, ctx.rank].ravel()
-        seeds = (np.int64(c.seed) * 1_000_003 + epoch) * 10_000_019 + positions[start_batch:, ctx.rank].ravel()
-        view = _EpochView(dataset, indices, seeds % (2**62))
+        base = ((c.seed * 1_000_003 + epoch) * 10_000_019) % 2**62  # Python ints: no int64 overflow
+        seeds = (np.int64(base) + positions[start_batch:, ctx.rank].ravel()) % 2**62
+        view = _EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
         return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
@@ -236,9 +262,23 @@ class Trainer:
         return Subset(data.train, rest), {"count": count, "seed": self.config.seed}
 
     # -- main loop -----------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> pathlib.Path:
-        self._prepare_run_dir(resume)
-        self._adopt_saved_config()
+    def run(self, resume: bool = False, given: Optional[Collection[tuple[str, ...]]] = None) -> pathlib.Path:
+        """Train (or, with ``resume``, continue) the run in ``config.out``; returns its directory.
+
+        ``given``: the option paths the user asked for (``("recipe", "lr")``), which a resume
+        compares with the run's own settings; None: every option that differs from its default."""
+        check_bounds(self.config)
+        if resume and not self.out.is_dir():
+            raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+        lock = RunLock(self.out).acquire() if self.ctx.is_main else None
+        try:
+            return self._run(resume, given)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resume: bool, given: Optional[Collection[tuple[str, ...]]]) -> pathlib.Path:
+        self._prepare_run_dir(resume, given)
         self.config.validate()
         self._seed()
         data = load_data(self.config.data, self.config.image_size)
@@ -247,8 +287,9 @@ class Trainer:
         train_set, holdout = self._without_holdout(data)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
+        torch.manual_seed(rank_seed(self.config.seed, self.ctx.rank))
         if self.checkpoint is not None:
-            state.load_state_dict(self.checkpoint)
+            state.load_state_dict(self.checkpoint, self.ctx.rank)
 
         step = self._sandwich_step(state)
         logger = _RunLogger(self.out, self.config, self.ctx, state.iteration)
@@ -256,8 +297,13 @@ class Trainer:
             logger.write_config(self._resolved_config(state, plan))
         state.net.train()
         self._last_save = time.monotonic()
-        while state.iteration < plan.total:
-            self._train_epoch(state, step, train_set, plan, logger)
+        with StopSignals() as signals:
+            try:
+                while state.iteration < plan.total:
+                    self._train_epoch(state, step, train_set, plan, logger, signals)
+            except TrainingInterrupted:
+                logger.close_writer()
+                raise
 
         self._check_ranks(state.sampler, state.sequence.hex(), logger)
         if self.ctx.is_main:
@@ -266,7 +312,7 @@ class Trainer:
         return self.out
 
     def _train_epoch(self, state: TrainState, step: SandwichStep, train_set: Dataset, plan: _Schedule,
-                     logger: "_RunLogger") -> None:
+                     logger: "_RunLogger", signals: StopSignals) -> None:
         """Train the rest of the current epoch (all of it, unless resumed or cut by ``plan.total``)."""
         c = self.config
         epoch, start_batch = divmod(state.iteration, plan.iters_per_epoch)
@@ -280,7 +326,7 @@ class Trainer:
             last = state.iteration == plan.total
             logger.step(state.iteration, epoch, result, draw, state.optimizer.param_groups[0]["lr"], state.sampler,
                         bar, force=epoch_end or last)
-            self._maybe_checkpoint(state, force=epoch_end or last)
+            self._sync_point(state, epoch_end or last, signals)
             batches -= 1
             if batches == 0:
                 break
@@ -297,19 +343,45 @@ class Trainer:
         images = images.to(self.ctx.device, non_blocking=True)
         labels = labels.to(self.ctx.device, non_blocking=True)
         result = step(images, labels, draw.subnet)
+        self._check_finite(result, state.iteration + 1)
         state.sampler.update(draw, result.score)
         state.scheduler.step()
         state.advance(draw.subnet)
         return draw, result
 
-    def _maybe_checkpoint(self, state: TrainState, force: bool) -> None:
-        """Checkpoint on rank 0 when ``force``d (epoch end, last iteration) or when one is due."""
+    def _check_finite(self, result: StepResult, iteration: int) -> None:
+        """Stop a diverged run before its weights reach a checkpoint (losses are the same on all ranks)."""
+        losses = (result.loss_largest, result.loss_sampled, result.loss_smallest)
+        bad = next((x for x in losses if not math.isfinite(x)), None)
+        if bad is None:
+            return
+        saved = list_checkpoints(self.out)
+        kept = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+        raise UserError(f"the loss became {bad} at iteration {iteration}; {kept}; train again (new --out) "
+                        "with a lower --lr or more --warmup-epochs")
+
+    def _sync_point(self, state: TrainState, force: bool, signals: StopSignals) -> None:
+        """After each iteration all ranks agree whether to checkpoint (``force``: epoch end, last
+        iteration; or one is due) and whether a signal asks them to stop, which they do together."""
         c = self.config.checkpoint
-        due = (c.every_iters and state.iteration % c.every_iters == 0) or \
+        due = force or bool(c.every_iters and state.iteration % c.every_iters == 0) or \
             time.monotonic() - self._last_save >= c.every_minutes * 60
-        if self.ctx.is_main and (due or force):
-            save_checkpoint(self.out, state.state_dict(), c.keep)
-            self._last_save = time.monotonic()
+        due, signum = self.ctx.maximum([int(due), signals.signum])
+        if due or signum:
+            self._checkpoint(state)
+        if signum:
+            raise TrainingInterrupted(signum, f"stopped by signal {signum} after iteration {state.iteration} "
+                                      f"(checkpoint written); continue with: pssnet train --out {self.out} --resume")
+
+    def _checkpoint(self, state: TrainState) -> None:
+        """Write a checkpoint (rank 0) with the run's process count and global batch (a resume must
+        match them) and, when there are several processes, every rank's RNG states."""
+        world = self.ctx.world_size
+        rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
+        if self.ctx.is_main:
+            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world}
+            save_checkpoint(self.out, content, self.config.checkpoint.keep)
+        self._last_save = time.monotonic()
 
     def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
         """All ranks must end with the same pools and the same subnet sequence."""
@@ -333,10 +405,7 @@ class _RunLogger:
         if not ctx.is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
-        if self.metrics_path.exists():  # drop lines written after the checkpoint we resume from
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration]
-            write_text_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
+        truncate_metrics(self.metrics_path, iteration)  # drop rows written after the checkpoint we resume from
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
@@ -380,6 +449,10 @@ class _RunLogger:
         if self.writer is not None:
             self.writer.add_scalar("train/epoch", epoch + 1, iteration)
             self.writer.flush()
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def close(self, iteration: int) -> None:
         self.record({"event": "done", "iteration": iteration})

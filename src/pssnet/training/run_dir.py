@@ -1,0 +1,184 @@
+"""The run directory's life cycle: one writer at a time (a lock), clean-up after a crash (stray
+temporary files, unreadable checkpoints), the metrics log, and what a ``--resume`` may change.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+import re
+import sys
+from typing import Any, Collection, Mapping, Optional
+
+from ..errors import UserError
+from ..fileio import write_text_atomic
+from .checkpoint import list_checkpoints
+from .config import TrainConfig
+from .options import declared_options
+
+LOCK_NAME = ".lock"
+# fileio.atomic_write's temporary names: .<target>.<pid>.<8 hex>.tmp, next to the target.
+_STRAY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+_LENGTH_FLAGS = ("--epochs", "--max-iters")
+
+
+class RunLock:
+    """An exclusive advisory ``fcntl`` lock on ``RUN/.lock`` (which holds the holder's PID).
+
+    The operating system releases it when the process ends, however it ends."""
+
+    def __init__(self, run_dir: pathlib.Path) -> None:
+        self.path = pathlib.Path(run_dir) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.path.parent} is being written by another pssnet train (PID {holder}); "
+                            "wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def remove_stray_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the temporary files an interrupted atomic write left in the run directory and its
+    ``checkpoints/`` (call only while holding the :class:`RunLock`)."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if _STRAY.match(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def set_aside_checkpoints(run_dir: pathlib.Path, newest_good: int) -> list[pathlib.Path]:
+    """Rename checkpoints after iteration ``newest_good`` (unreadable ones: the newest readable
+    checkpoint is ``newest_good``; -1 when none is) to ``*.damaged``, so that keeping the last N
+    checkpoints never counts them, nor deletes a new checkpoint in their favour."""
+    moved = []
+    for path in list_checkpoints(run_dir):
+        if int(path.stem.split("-")[1]) > newest_good:
+            target = path.with_name(path.name + ".damaged")
+            path.replace(target)
+            moved.append(target)
+    return moved
+
+
+def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``. A torn last line (a write cut short) is dropped with a note
+    on stderr; a damaged line elsewhere is a UserError naming the file and the line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if number == len(lines):
+                print(f"note: dropped the torn last line {number} of {path}", file=sys.stderr)
+                break
+            raise UserError(f"{path} line {number} is damaged (not a JSON object); "
+                            "delete that line to continue") from None
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: pathlib.Path, iteration: int) -> None:
+    """Keep only the rows of ``metrics.jsonl`` up to ``iteration`` (those a resumed run does not
+    write again), rewriting the file atomically."""
+    if path.exists():
+        kept = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def saved_config(run_dir: pathlib.Path) -> Optional[dict[str, Any]]:
+    """The settings in ``config.json`` (written when a run starts), or None without one."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is damaged (not JSON); run without --resume to start again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a pssnet config; run without --resume to start again")
+    return data
+
+
+def _label(opt: Any) -> str:
+    return opt.flag or ".".join(opt.path)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(none)"
+    return "(unset)" if value is None else str(value)
+
+
+def resume_config(saved: Mapping[str, Any], current: TrainConfig,
+                  given: Optional[Collection[tuple[str, ...]]]) -> tuple[TrainConfig, list[str]]:
+    """The configuration a resumed run continues under, and its harmless changes ("--max-iters 8 -> 16").
+
+    The run's own (``saved``) settings, except where and how this process runs (options marked
+    ``on_resume="local"``, taken from ``current``) and harmless changes (``on_resume="harmless"``).
+    Only options in ``given`` (option paths; None: those that differ from the defaults) count as
+    asked for. Any other change is refused with one UserError listing every difference."""
+    config, defaults = TrainConfig.from_dict(saved), TrainConfig()
+    refused, changed = [], []
+    for opt in declared_options(TrainConfig):
+        mode, new, old = opt.meta.get("on_resume"), opt.get(current), opt.get(config)
+        if mode == "local":
+            opt.set(config, new)
+            continue
+        asked = opt.path in given if given is not None else new != opt.get(defaults)
+        if not asked or new == old:
+            continue
+        (changed if mode == "harmless" else refused).append(f"{_label(opt)} {_show(old)} -> {_show(new)}")
+        if mode == "harmless":
+            opt.set(config, new)
+    if refused:
+        raise UserError(f"--resume cannot change what this run trains ({', '.join(refused)}); drop those flags "
+                        "to continue it, or train the new settings into a new --out")
+    if any(text.startswith(_LENGTH_FLAGS) for text in changed):
+        changed[-1] += " (the learning-rate and p/T schedules are recomputed for the new length)"
+    return config, changed
+
+
+def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pathlib.Path) -> None:
+    """Refuse to resume with another number of processes: the data order, the global batch and the
+    schedules all depend on it."""
+    recorded = checkpoint.get("world_size")
+    if recorded is None or int(recorded) == world_size:
+        return
+    batch = int(checkpoint["config"]["batch_size"])
+    how = (f"torchrun --nproc_per_node {recorded} -m pssnet train --out {run_dir} --resume" if recorded > 1
+           else f"pssnet train --out {run_dir} --resume (one process, without torchrun)")
+    raise UserError(f"this run was trained with {recorded} process(es) x batch {batch}, not {world_size}; "
+                    f"resume it with {how}")
