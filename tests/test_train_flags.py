@@ -10,7 +10,7 @@ from pssnet.training import TrainConfig
 from pssnet.training.options import check_bounds
 
 BAD = [
-    ("--lr", "nan"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "inf"),
+    ("--lr", "nan"), ("--lr", "-0.1"), ("--lr", "inf"),
     ("--momentum", "1"), ("--momentum", "-0.5"), ("--weight-decay", "-1e-4"), ("--weight-decay", "nan"),
     ("--label-smoothing", "1"), ("--warmup-epochs", "-1"), ("--ema", "1.0"), ("--ema", "nan"),
     ("--p-range", "0:0.01"), ("--p-range", "1.0:nan"), ("--p-range", "1.5:0.01"), ("--t-range", "1.0:0"),

@@ -31,7 +31,7 @@ def _preset_names() -> list[str]:
 class RecipeConfig:
     """Optimisation recipe (paper defaults for ImageNet)."""
 
-    lr: Optional[float] = option(None, group=_RECIPE, above=0.0, help="learning rate (default 0.3 x global batch / 1024)")
+    lr: Optional[float] = option(None, group=_RECIPE, min=0.0, help="learning rate (default 0.3 x global batch / 1024)")
     lr_per_1024: float = option(0.3, flag=None, above=0.0, help="learning rate per 1024 images of global batch, when lr is None")
     momentum: float = option(0.9, group=_RECIPE, min=0.0, below=1.0, help="SGD momentum (default 0.9)")
     nesterov: bool = option(True, flag="--no-nesterov", group=_RECIPE, help="plain instead of Nesterov momentum")
