@@ -42,7 +42,7 @@ from pssnet.space import Subnet
 from pssnet.supernet import Supernet
 from pssnet.training.config import SamplerConfig
 from pssnet.training.step import SandwichStep
-from pssnet.training.trainer import weight_decay_groups
+from pssnet.training.recipe import weight_decay_groups
 
 WARMUP = 3
 IMAGE_SIZE, IN_CHANS, CLASSES = 28, 1, 10

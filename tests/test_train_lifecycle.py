@@ -16,7 +16,7 @@ from pssnet.errors import UserError
 from pssnet.training import step as step_module
 from pssnet.training.interrupt import StopSignals
 from pssnet.training.run_dir import RunLock, read_metrics
-from pssnet.training.trainer import rank_seed
+from pssnet.training.data_order import rank_seed
 
 TINY = ["--preset", "mini-mbv2", "--batch-size", "8", "--threads", "1", "--map-samples", "2000", "--no-progress",
         "--holdout", "0", "--log-every", "1"]

@@ -9,7 +9,7 @@ from pssnet import ARCHITECTURES, create_supernet
 from pssnet.ops import SlimConv2d
 from pssnet.space import Subnet
 from pssnet.training.step import SandwichStep, distill_loss
-from pssnet.training.trainer import cosine_factor, weight_decay_groups
+from pssnet.training.recipe import cosine_factor, weight_decay_groups
 
 
 def _setup():

@@ -1,3 +1,5 @@
+"""``python -m pssnet``: the command-line tool."""
+
 import sys
 
 from .cli import main

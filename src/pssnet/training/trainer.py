@@ -1,14 +1,12 @@
-"""The training loop: data order, optimiser recipe, logging, checkpoints and exact resume.
+"""The training loop: set-up, resume, then epochs of PSS iterations (:meth:`Trainer._train_iteration`).
 
-Exact resume rests on three choices: checkpoints are taken at iteration boundaries; the data
-order of an epoch is a pure function of ``(seed, epoch)`` (so a resumed run skips the batches
-already done without loading them); and every sample's augmentation is seeded from
-``(seed, epoch, position)`` (so it does not depend on workers or on what came before).
+Exact resume rests on three choices: checkpoints are taken at iteration boundaries, and the data
+order and every sample's augmentation are functions of the seed and position
+(:mod:`.data_order`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import sys
@@ -26,7 +24,7 @@ from ..constraints import parse_constraints
 from ..resources import ResourceMeter, latency_kind_for
 from ..data import DataBundle, load_data, split_train
 from ..errors import UserError
-from ..fileio import output_dir, save_atomic, write_text_atomic
+from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
@@ -35,54 +33,13 @@ from .config import TrainConfig
 from .interrupt import StopSignals, TrainingInterrupted
 from .options import check_bounds
 from .run_dir import (RunLock, check_world_size, remove_stray_files, resume_config, saved_config,
-                      set_aside_checkpoints, truncate_metrics)
+                      set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
+from .data_order import EpochView, epoch_order, rank_seed
+from .recipe import cosine_factor, weight_decay_groups
+from .run_log import RunLogger
 from .step import SandwichStep, StepResult
-
-
-class _EpochView(Dataset):
-    """This rank's remaining samples of one epoch, each with its own augmentation seed."""
-
-    def __init__(self, dataset: Dataset, indices: np.ndarray, seeds: np.ndarray) -> None:
-        self.dataset, self.indices, self.seeds = dataset, indices, seeds
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        # A private RNG stream per sample; the global generator is left untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seeds[i]))
-            return self.dataset[int(self.indices[i])]
-
-
-def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled sample order of ``epoch`` (the same on every rank and after a resume)."""
-    return np.random.Generator(np.random.PCG64([seed, epoch, 0xDA7A])).permutation(num_samples)
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The torch seed of rank ``rank`` while training: ranks share weights and subnets, but draw
-    their own dropout masks and other torch randomness."""
-    return int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1, np.uint64)[0])
-
-
-def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay conv (not depthwise) and linear weights; not depthwise convs, BatchNorm or biases."""
-    decay_ids = {id(m.weight) for m in net.modules()
-                 if (isinstance(m, nn.Conv2d) and not (m.groups > 1 and m.groups == m.in_channels))
-                 or isinstance(m, nn.Linear)}
-    decay = [p for p in net.parameters() if id(p) in decay_ids]
-    rest = [p for p in net.parameters() if id(p) not in decay_ids]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def cosine_factor(iteration: int, total: int, warmup: int) -> float:
-    """Linear warm-up for ``warmup`` iterations, then cosine decay to 0 at ``total``."""
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (iteration - warmup) / max(1, total - warmup)))
 
 
 def _load_luts(paths: list[str]) -> dict[str, Any]:
@@ -246,7 +203,7 @@ class Trainer:
         indices = grid[start_batch:, ctx.rank].ravel()
         base = ((c.seed * 1_000_003 + epoch) * 10_000_019) % 2**62  # Python ints: no int64 overflow
         seeds = (np.int64(base) + positions[start_batch:, ctx.rank].ravel()) % 2**62
-        view = _EpochView(dataset, indices, seeds)
+        view = EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
         return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
@@ -292,7 +249,7 @@ class Trainer:
             state.load_state_dict(self.checkpoint, self.ctx.rank)
 
         step = self._sandwich_step(state)
-        logger = _RunLogger(self.out, self.config, self.ctx, state.iteration)
+        logger = RunLogger(self.out, self.config, self.ctx, state.iteration)
         if self.ctx.is_main:
             logger.write_config(self._resolved_config(state, plan))
         state.net.train()
@@ -312,7 +269,7 @@ class Trainer:
         return self.out
 
     def _train_epoch(self, state: TrainState, step: SandwichStep, train_set: Dataset, plan: _Schedule,
-                     logger: "_RunLogger", signals: StopSignals) -> None:
+                     logger: "RunLogger", signals: StopSignals) -> None:
         """Train the rest of the current epoch (all of it, unless resumed or cut by ``plan.total``)."""
         c = self.config
         epoch, start_batch = divmod(state.iteration, plan.iters_per_epoch)
@@ -383,7 +340,7 @@ class Trainer:
             save_checkpoint(self.out, content, self.config.checkpoint.keep)
         self._last_save = time.monotonic()
 
-    def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "_RunLogger") -> None:
+    def _check_ranks(self, sampler: SubnetSampler, sequence_digest: str, logger: "RunLogger") -> None:
         """All ranks must end with the same pools and the same subnet sequence."""
         pools = self.ctx.gather(digest(sampler.pools_state()))
         sequences = self.ctx.gather(sequence_digest)
@@ -393,68 +350,3 @@ class Trainer:
             raise RuntimeError(f"ranks diverged: pool digests {pools}, subnet-sequence digests {sequences}")
 
 
-class _RunLogger:
-    """metrics.jsonl, TensorBoard and the progress-bar postfix (rank 0 only)."""
-
-    def __init__(self, out: pathlib.Path, config: TrainConfig, ctx: DistContext, iteration: int) -> None:
-        self.config, self.ctx = config, ctx
-        self.metrics_path = out / "metrics.jsonl"
-        self.window: list[float] = []
-        self.tick, self.tick_iteration = time.perf_counter(), iteration
-        self.writer = None
-        if not ctx.is_main:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(self.metrics_path, iteration)  # drop rows written after the checkpoint we resume from
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        path = self.metrics_path.with_name("config.json")
-        write_text_atomic(path, json.dumps(config, indent=2) + "\n")
-
-    def record(self, row: dict[str, Any]) -> None:
-        if self.ctx.is_main:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def step(self, iteration: int, epoch: int, result, draw, lr: float, sampler: SubnetSampler, bar,
-             force: bool = False) -> None:
-        if not self.ctx.is_main:
-            return
-        bar.update(1)
-        self.window.append(result.acc_largest)
-        if iteration % self.config.log_every and not force:
-            return
-        now = time.perf_counter()
-        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
-        speed = images / max(now - self.tick, 1e-9)
-        self.tick, self.tick_iteration = now, iteration
-        row = {"iteration": iteration, "epoch": epoch, "lr": lr, "loss_largest": result.loss_largest,
-               "loss_sampled": result.loss_sampled, "loss_smallest": result.loss_smallest,
-               "acc_largest": result.acc_largest, "score": result.score, "images_per_s": speed,
-               "pool_fill": sampler.pool_fill(), "kind": draw.kind, "target": draw.target,
-               "source": draw.source, "subnet": draw.subnet.key}
-        self.record(row)
-        for name in ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score", "lr",
-                     "images_per_s", "pool_fill"):
-            self.writer.add_scalar(f"train/{name}", row[name], iteration)
-        bar.set_postfix(loss=f"{result.loss_largest:.3f}", acc=f"{np.mean(self.window):.3f}",
-                        img_s=f"{speed:.0f}", pools=f"{100 * row['pool_fill']:.0f}%", refresh=False)
-        self.window.clear()
-
-    def epoch_end(self, iteration: int, epoch: int, sampler: SubnetSampler) -> None:
-        self.record({"event": "epoch", "iteration": iteration, "epoch": epoch, "pool_fill": sampler.pool_fill()})
-        if self.writer is not None:
-            self.writer.add_scalar("train/epoch", epoch + 1, iteration)
-            self.writer.flush()
-
-    def close_writer(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-    def close(self, iteration: int) -> None:
-        self.record({"event": "done", "iteration": iteration})
-        if self.writer is not None:
-            self.writer.close()
