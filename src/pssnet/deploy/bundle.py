@@ -66,17 +66,19 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
     """The ``adaptive.pt`` dict for an evaluated run.
 
     ``result`` is an :class:`~pssnet.evaluation.EvalResult`; ``stats`` maps each retained
-    subnet to its recalibrated ``{bn_name: (mean, var)}``. Subnets are stored in canonical form,
-    each network once (copies of one network share its entry and BN slot).
+    subnet to its recalibrated ``{bn_name: (mean, var)}``. Each network is stored once: retained
+    subnets with one canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's
+    entry and BN slot. Evaluation's candidates are canonical; the largest and smallest keep the
+    space's own spelling (all multipliers at the maximum or minimum).
     """
     layout, space = layout_and_space(**run["model_config"])
     entries: dict[Subnet, dict[str, Any]] = {}
-    evaluated: dict[Subnet, Subnet] = {}  # canonical -> the subnet whose statistics it keeps
+    evaluated: dict[Subnet, Subnet] = {}  # canonical -> the retained subnet whose statistics it keeps
     for label, cand in result.retained():
         canonical = canonicalize(layout, cand.subnet, space)
         evaluated.setdefault(canonical, cand.subnet)
         entry = entries.setdefault(canonical, {
-            "subnet": canonical.to_dict(), "labels": [], "resources": dict(cand.resources),
+            "subnet": evaluated[canonical].to_dict(), "labels": [], "resources": dict(cand.resources),
             "holdout_acc": cand.holdout_acc, "test_acc": cand.test_acc,
         })
         entry["labels"].append(label)
