@@ -36,7 +36,7 @@ def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: st
     if sampler == "pss":
         rng = random.Random(seed)
         for _ in range(300):
-            s = net.space.sample(rng)
+            s = pssnet.canonicalize(net, net.space.sample(rng))  # pools hold canonical subnets
             t = float(CONSTRAINT.bucket_of(meter.measure("flops", s)))
             if t in CONSTRAINT.targets:
                 pool = pools.setdefault("flops", {}).setdefault(target_key(t), [])

@@ -8,11 +8,17 @@ cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .space import make_divisible, make_divisible_array
+from .space import WIDTH_DECIMALS, SearchSpace, Subnet, make_divisible, make_divisible_array
+
+if TYPE_CHECKING:
+    from .supernet import Supernet
+
+_WIDTH_SCALE = 10**WIDTH_DECIMALS
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,62 @@ class Layout:
         (e.g. :meth:`SearchSpace.width_grid`)."""
         grid = np.asarray(width_grid, dtype=np.float64)
         return tuple(tuple(np.unique(make_divisible_array(base * grid)).tolist()) for base in self.base_channels)
+
+
+# -- canonical subnets: one identity per architecture ---------------------------------------------
+# Many multipliers round to the same channel counts, so many subnets are one network. The
+# canonical form snaps every multiplier to the smallest grid value that gives the same channels;
+# two subnets are the same network if and only if their canonical forms are equal.
+
+def canonical_width_table(layout: Layout, width_grid: np.ndarray) -> np.ndarray:
+    """``[groups, V]``: for each group and grid index, the smallest grid value with the same channels.
+
+    ``width_grid`` is a contiguous 0.001-step grid (:meth:`SearchSpace.width_grid`). The table
+    is computed once per (channels, grid) and shared (read-only).
+    """
+    grid = np.asarray(width_grid, dtype=np.float64)
+    lo, hi = round(float(grid[0]) * _WIDTH_SCALE), round(float(grid[-1]) * _WIDTH_SCALE)
+    if hi - lo + 1 != grid.size:
+        raise ValueError("canonical widths need a contiguous 0.001-step width grid (SearchSpace.width_grid())")
+    return _table(tuple(layout.base_channels), lo, hi)
+
+
+@lru_cache(maxsize=64)
+def _table(base_channels: tuple[int, ...], lo: int, hi: int) -> np.ndarray:
+    grid = np.arange(lo, hi + 1) / _WIDTH_SCALE
+    table = np.empty((len(base_channels), grid.size))
+    for g, base in enumerate(base_channels):
+        # np.unique's first index of each channel count is its smallest multiplier (grid ascending).
+        _, first, inverse = np.unique(make_divisible_array(base * grid), return_index=True, return_inverse=True)
+        table[g] = grid[first[inverse.reshape(-1)]]
+    table.flags.writeable = False
+    return table
+
+
+def canonical_widths(layout: Layout, width_grid: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Vectorised canonical multipliers: ``widths`` ``[n, groups]`` on ``width_grid`` -> same shape."""
+    table = canonical_width_table(layout, width_grid)
+    widths = np.asarray(widths, dtype=np.float64)
+    index = np.rint((widths - float(width_grid[0])) * _WIDTH_SCALE).astype(np.int64)
+    if widths.ndim != 2 or widths.shape[1] != table.shape[0]:
+        raise ValueError(f"widths must have shape [n, {table.shape[0]}], got {widths.shape}")
+    if index.size and (index.min() < 0 or index.max() >= table.shape[1]):
+        raise ValueError("widths outside the width grid")
+    return table[np.arange(table.shape[0])[None, :], index]
+
+
+def canonicalize(net: "Supernet | Layout", subnet: Subnet, space: SearchSpace | None = None) -> Subnet:
+    """The canonical form of ``subnet``: each multiplier snapped to the smallest value on the
+    space's width grid that gives the same channels; the resolution is unchanged.
+
+    ``net`` is a :class:`~pssnet.supernet.Supernet` (its layout and space), or a
+    :class:`Layout` together with ``space``. Same network (channels and resolution) if and
+    only if equal canonical forms; FLOPs, parameters and outputs are unchanged.
+    """
+    layout = net if isinstance(net, Layout) else net.layout
+    space = space if space is not None else getattr(net, "space", None)
+    if space is None:
+        raise TypeError("canonicalize needs a Supernet, or a Layout and its SearchSpace")
+    space.validate(subnet)
+    widths = canonical_widths(layout, space.width_grid(), np.asarray([subnet.widths]))
+    return Subnet(subnet.resolution, tuple(widths[0].tolist()))

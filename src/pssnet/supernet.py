@@ -162,19 +162,35 @@ def create_supernet(
     ``dropout`` is the classifier's dropout probability (it replaces the layout's). The default
     0 keeps training forwards deterministic, so a subnet's reused training logits are its score.
     """
+    layout, space = layout_and_space(arch, num_classes, in_chans, small_input, resolutions, width_range, dropout)
+    net = Supernet(layout, space)
+    # Plain data that recreates this supernet (stored in checkpoints and bundles).
+    net.config = {
+        "arch": arch, "num_classes": layout.num_classes, "in_chans": layout.in_chans,
+        "small_input": bool(small_input), "resolutions": [space.min_resolution, space.max_resolution,
+                                                          space.resolution_step],
+        "width_range": [space.min_width, space.max_width], "dropout": layout.dropout,
+    }
+    return net
+
+
+def layout_and_space(
+    arch: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    small_input: bool = False,
+    resolutions: tuple[int, int, int] | None = None,
+    width_range: tuple[float, float] = (0.75, 1.0),
+    dropout: float = 0.0,
+) -> tuple[Layout, SearchSpace]:
+    """The layout and search space :func:`create_supernet` builds, without building the module
+    (cheap: e.g. to canonicalise a stored run's subnets from its ``model_config``)."""
     num_classes, in_chans, small_input, resolutions, width_range, dropout = _checked_arguments(
         num_classes, in_chans, small_input, resolutions, width_range, dropout)
     info = arch_info(arch)
     layout = dataclasses.replace(info.layout(num_classes, in_chans, small_input), dropout=dropout)
     lo, hi, step = resolutions or (info.small_resolutions if small_input else info.imagenet_resolutions)
-    space = SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
-    net = Supernet(layout, space)
-    # Plain data that recreates this supernet (stored in checkpoints and bundles).
-    net.config = {
-        "arch": arch, "num_classes": num_classes, "in_chans": in_chans, "small_input": small_input,
-        "resolutions": [lo, hi, step], "width_range": list(width_range), "dropout": dropout,
-    }
-    return net
+    return layout, SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
 
 
 def _checked_arguments(num_classes, in_chans, small_input, resolutions, width_range, dropout) -> tuple:

@@ -19,9 +19,10 @@ from ..calibration import bn_layers
 from ..constraints import KINDS, Constraint
 from ..errors import UserError
 from ..fileio import load_plain, save_atomic
+from ..layout import canonicalize
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet, create_supernet, layout_and_space
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 BnStats = Mapping[str, Mapping[str, torch.Tensor]]  # {bn_name: {"mean"/"var": [slots, channels]}}
@@ -65,16 +66,23 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
     """The ``adaptive.pt`` dict for an evaluated run.
 
     ``result`` is an :class:`~pssnet.evaluation.EvalResult`; ``stats`` maps each retained
-    subnet to its recalibrated ``{bn_name: (mean, var)}``.
+    subnet to its recalibrated ``{bn_name: (mean, var)}``. Each network is stored once: retained
+    subnets with one canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's
+    entry and BN slot. Evaluation's candidates are canonical; the largest and smallest keep the
+    space's own spelling (all multipliers at the maximum or minimum).
     """
+    layout, space = layout_and_space(**run["model_config"])
     entries: dict[Subnet, dict[str, Any]] = {}
+    evaluated: dict[Subnet, Subnet] = {}  # canonical -> the retained subnet whose statistics it keeps
     for label, cand in result.retained():
-        entry = entries.setdefault(cand.subnet, {
-            "subnet": cand.subnet.to_dict(), "labels": [], "resources": dict(cand.resources),
+        canonical = canonicalize(layout, cand.subnet, space)
+        evaluated.setdefault(canonical, cand.subnet)
+        entry = entries.setdefault(canonical, {
+            "subnet": evaluated[canonical].to_dict(), "labels": [], "resources": dict(cand.resources),
             "holdout_acc": cand.holdout_acc, "test_acc": cand.test_acc,
         })
         entry["labels"].append(label)
-    order = list(entries)
+    order = [evaluated[s] for s in entries]
     names = list(stats[order[0]]) if order else []
     bn_stats = {name: {"mean": torch.stack([stats[s][name][0] for s in order]).float().cpu(),
                        "var": torch.stack([stats[s][name][1] for s in order]).float().cpu()}
@@ -89,7 +97,7 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
         "data": run.get("data"),
         "image_size": image_size,
         "luts": dict(run.get("luts") or {}),
-        "subnets": [entries[s] for s in order],
+        "subnets": list(entries.values()),
         "bn_stats": bn_stats,
     }
 

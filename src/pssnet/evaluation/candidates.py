@@ -1,4 +1,8 @@
-"""Candidate subnets per budget: a pool's top-k (PSS runs), or a search inside the budget (uniform runs)."""
+"""Candidate subnets per budget: a pool's top-k (PSS runs), or a search inside the budget (uniform runs).
+
+Candidates are canonical subnets (:func:`~pssnet.layout.canonicalize`), each network once, so
+copies of one network never take several top-k slots.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,37 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..constraints import Constraint, target_key
+from ..layout import canonical_widths, canonicalize
 from ..resources import ResourceMeter
 from ..space import SearchSpace, Subnet, subnets_from_arrays
+from ..supernet import layout_and_space
 
 
 def pool_candidates(run: Mapping[str, Any], constraints: Sequence[Constraint], top_k: int
                     ) -> list[tuple[Constraint, float, list[tuple[Subnet, float]]]]:
-    """(constraint, target, [(subnet, score), ...best first][:top_k]) of every non-empty pool."""
+    """(constraint, target, [(subnet, score), ...best first][:top_k]) of every non-empty pool.
+
+    Subnets are canonical and distinct; of copies of one network (pools of runs made before
+    canonical subnets) the best-scored one stands for it.
+    """
     pools = run.get("pools") or {}
+    layout, space = layout_and_space(**run["model_config"])
     out = []
     for c in constraints:
         by_target = pools.get(c.kind, {})
         for t in c.targets:
-            entries = by_target.get(target_key(t), [])
-            if entries:
-                out.append((c, t, [(Subnet.from_dict(e["subnet"]), float(e["score"])) for e in entries[:top_k]]))
+            best: dict[Subnet, float] = {}
+            for e in by_target.get(target_key(t), []):
+                best.setdefault(canonicalize(layout, Subnet.from_dict(e["subnet"]), space), float(e["score"]))
+            if best:
+                out.append((c, t, list(best.items())[:top_k]))
     return out
 
 
 def search_candidates(space: SearchSpace, meter: ResourceMeter, constraints: Sequence[Constraint],
                       per_budget: int, seed: int, draws: int = 20000, rounds: int = 5
                       ) -> list[tuple[Constraint, float, list[tuple[Subnet, None]]]]:
-    """``per_budget`` distinct random subnets inside each budget's bucket (for runs without pools).
+    """``per_budget`` distinct random canonical subnets inside each budget's bucket (runs without pools).
 
     Half the draws are uniform; half spread all multipliers around one random level, so that
     the extreme buckets, which uniform draws almost never reach, get candidates too.
@@ -39,6 +52,7 @@ def search_candidates(space: SearchSpace, meter: ResourceMeter, constraints: Seq
         found: dict[float, dict[Subnet, None]] = {t: {} for t in c.targets}
         for _ in range(rounds):
             res, widths = _spread_draws(space, draws, rng)
+            widths = canonical_widths(meter.layout, space.width_grid(), widths)
             buckets = np.asarray(c.bucket_of(meter.measure_arrays(c.kind, res, widths)))
             for t, bag in found.items():
                 if len(bag) >= per_budget:

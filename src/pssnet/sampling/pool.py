@@ -12,6 +12,8 @@ from ..space import Subnet
 class SubnetPool:
     """Up to ``size`` subnets with scores; a repeated subnet's score is an EMA, the worst leaves.
 
+    The pool compares subnets as given: :class:`~pssnet.sampling.PSSSampler` enters canonical
+    subnets only (:func:`~pssnet.layout.canonicalize`), so each entry is a distinct network.
     Entries are kept in a canonical order (by subnet key) so that draws depend only on the
     pool's contents, never on insertion history: a pool restored from a checkpoint or held by
     another process draws exactly the same subnets.

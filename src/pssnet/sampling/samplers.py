@@ -1,5 +1,9 @@
 """Subnet samplers behind one interface: Prioritized Subnet Sampling and the uniform baseline.
 
+PSS pools hold canonical subnets (:func:`~pssnet.layout.canonicalize`), one entry per network.
+The uniform sampler draws raw multipliers: a raw subnet trains exactly the network of its
+canonical form, so canonicalising there would change nothing but the names.
+
 A sampler owns its random generator, seeded identically on every process, so that all ranks
 of a distributed run draw the same subnets without communicating; its state (generator and
 pools) is plain data for checkpoints.
@@ -15,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..constraints import Constraint, target_key
+from ..layout import canonical_widths
 from ..resources import ResourceMeter
 from ..space import SearchSpace, Subnet
 from .pool import SubnetPool
@@ -76,7 +81,8 @@ class SubnetSampler(ABC):
 
 
 class UniformSampler(SubnetSampler):
-    """US-Net baseline: resolution and every multiplier uniformly at random."""
+    """US-Net baseline: resolution and every multiplier uniformly at random (raw, not canonical:
+    the trained network is the same)."""
 
     name = "uniform"
 
@@ -143,7 +149,13 @@ class PSSSampler(SubnetSampler):
         return Draw(pool.draw(self.rng, self.temperature(progress)), kind, target, "pool")
 
     def update(self, draw: Draw, score: float) -> None:
-        self.pools[draw.kind][draw.target].update(draw.subnet, score)
+        """Score ``draw``'s network under its canonical form, so a pool never splits one network."""
+        self.pools[draw.kind][draw.target].update(self.canonical(draw.kind, draw.subnet), score)
+
+    def canonical(self, kind: str, subnet: Subnet) -> Subnet:
+        """``subnet``'s canonical form (the map's draws and the pools' entries already are)."""
+        widths = canonical_widths(self.meter.layout, self.maps[kind].width_values, np.asarray([subnet.widths]))
+        return Subnet(subnet.resolution, tuple(widths[0].tolist()))
 
     def pools_state(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         return {kind: {target_key(t): pool.state_dict() for t, pool in pools.items()}
@@ -162,7 +174,15 @@ class PSSSampler(SubnetSampler):
             for key, entries in by_target.items():
                 if key not in pools:
                     raise ValueError(f"sampler state has a pool for {kind} target {key}, not in this run")
-                pools[key].load_state_dict(entries)
+                pools[key].load_state_dict(self._canonical_entries(kind, entries))
+
+    def _canonical_entries(self, kind: str, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Entries (best first) under canonical subnets; of copies of one network the best stays."""
+        out: dict[Subnet, dict[str, Any]] = {}
+        for entry in entries:
+            subnet = self.canonical(kind, Subnet.from_dict(entry["subnet"]))
+            out.setdefault(subnet, {"subnet": subnet.to_dict(), "score": entry["score"]})
+        return list(out.values())
 
 
 def make_sampler(name: str, space: SearchSpace, constraints: Sequence[Constraint] = (),

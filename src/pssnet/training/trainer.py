@@ -141,6 +141,9 @@ class Trainer:
             message = maps[constraint.kind].unreachable_message()
             if message and self.ctx.is_main:
                 print(f"warning: {message}", file=sys.stderr)
+            thin = maps[constraint.kind].spread_filled_message()
+            if thin and self.ctx.is_main:
+                print(f"space map: {thin}")
         return maps
 
     def _schedule(self, num_train: int) -> _Schedule:
