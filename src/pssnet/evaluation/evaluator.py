@@ -23,6 +23,7 @@ from ..constraints import Constraint
 from ..devices import resolve_device
 from ..resources import ResourceMeter
 from ..data import split_train
+from ..layout import canonicalize
 from ..errors import UserError
 from ..latency import LatencyTable
 from ..space import Subnet
@@ -140,7 +141,8 @@ def evaluate_run(run: Mapping[str, Any], data, config: EvalConfig, name: str = "
     evaluator, holdout_count = _evaluator(net, run, data, config, device)
     budgets = _budgets(run, net, meter, constraints, config)
     extremes = {role: Candidate(s, meter.measure_all(s))
-                for role, s in (("largest", net.space.largest()), ("smallest", net.space.smallest()))}
+                for role, s in (("largest", canonicalize(net, net.space.largest())),
+                                ("smallest", canonicalize(net, net.space.smallest())))}
     _select(budgets, evaluator, config, name)
     _measure_kept([b.best for b in budgets] + list(extremes.values()), evaluator, config, name)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..constraints import Constraint
+from ..errors import UserError
 from ..sampling import SpaceMap, SubnetSampler
 from ..space import Subnet
 from ..supernet import Supernet
@@ -29,8 +30,12 @@ def maps_to_state(maps: Mapping[str, SpaceMap]) -> dict[str, dict[str, Any]]:
 
 def maps_from_state(state: Mapping[str, Mapping[str, Any]]) -> dict[str, SpaceMap]:
     """The inverse of :func:`maps_to_state`."""
-    return {kind: SpaceMap.from_arrays({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in a.items()})
-            for kind, a in state.items()}
+    try:
+        return {kind: SpaceMap.from_arrays({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in a.items()})
+                for kind, a in state.items()}
+    except ValueError as exc:  # a map of an older pssnet: rebuilding it would change what the run trains
+        raise UserError(f"the checkpoint's space map cannot be used ({exc}); finish this run with the pssnet "
+                        "version that started it, or start a new run") from None
 
 
 @dataclass
