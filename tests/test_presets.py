@@ -68,3 +68,10 @@ def test_latency_presets_use_interior_auto_grids():
 def test_quick_presets_are_the_only_ones_with_end_targets():
     flops_presets = {n for n, p in PRESETS.items() if p["constraints"][0].startswith("flops:")}
     assert flops_presets == set(FLOPS_PRESETS) | QUICK_PRESETS | {"mbv1-multi", "mbv2-multi", "r50-multi"}
+
+
+def test_the_readme_lists_every_preset():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [name for name in PRESETS if f"`{name}`" not in readme] == []
