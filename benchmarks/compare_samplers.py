@@ -2,8 +2,9 @@
 the same way (held-out selection among the same number of candidates per budget).
 
     python benchmarks/compare_samplers.py --json bench-compare.json
-    python benchmarks/compare_samplers.py --device cuda --data fashion-mnist:DIR --iters 1500 \
-        --batch-size 256 --lr 0.1 --warmup-iters 230 --runs runs/compare-gpu  # about 10 min on one GPU
+    # on one large GPU, about 10 minutes (an estimate; see the README's Benchmarks section):
+    python benchmarks/compare_samplers.py --device cuda --data fashion-mnist:DIR --iters 1500 --batch-size 256
+        --lr 0.1 --warmup-iters 230 --runs runs/compare-gpu --results-md docs/results-gpu.md
 
 Writes docs/results.md and docs/compare_samplers.png (paths configurable) and one flat JSON
 object: per budget and sampler the mean test accuracy over seeds, the mean PSS - uniform
