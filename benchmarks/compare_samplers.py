@@ -2,6 +2,9 @@
 the same way (held-out selection among the same number of candidates per budget).
 
     python benchmarks/compare_samplers.py --json bench-compare.json
+    # on one large GPU, about 10 minutes (an estimate; see the README's Benchmarks section):
+    python benchmarks/compare_samplers.py --device cuda --data fashion-mnist:DIR --iters 1500 --batch-size 256
+        --lr 0.1 --warmup-iters 230 --runs runs/compare-gpu --results-md docs/results-gpu.md
 
 Writes docs/results.md and docs/compare_samplers.png (paths configurable) and one flat JSON
 object: per budget and sampler the mean test accuracy over seeds, the mean PSS - uniform
@@ -21,7 +24,11 @@ import torch
 from _common import parse_args, report
 from torch.utils.data import Subset
 
+from pssnet.cli.args import non_negative_int, positive_float, positive_int
+from pssnet.cli.args import seed as seed_number
 from pssnet.data import load_data
+from pssnet.devices import resolve_device
+from pssnet.errors import UserError
 from pssnet.evaluation import EvalConfig, EvalResult, evaluate_run, load_eval
 from pssnet.training import PRESETS, TrainConfig, Trainer, apply_preset, load_run
 from pssnet.training.config import update_config
@@ -33,22 +40,27 @@ _SETUP = PRESETS[PRESET]
 
 def _options(p) -> None:
     resolutions = ":".join(map(str, _SETUP["resolutions"]))
-    p.add_argument("--data", default=_SETUP["data"], help="data spec (default: full Fashion-MNIST, Debian package)")
+    p.add_argument("--data", default=_SETUP["data"],
+                   help="data spec as for pssnet train, e.g. fashion-mnist[:DIR], cifar10:DIR "
+                        "(default: full Fashion-MNIST, Debian package)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="training and evaluation device (default auto: CUDA when available)")
     p.add_argument("--arch", default=_SETUP["arch"])
     p.add_argument("--constraint", default=_SETUP["constraints"][0], help="budget grid shared by both samplers")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--iters", type=int, default=_SETUP["max_iters"],
+    p.add_argument("--seeds", type=seed_number, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iters", type=positive_int, default=_SETUP["max_iters"],
                    help=f"training iterations per run (default {_SETUP['max_iters']})")
-    p.add_argument("--batch-size", type=int, default=_SETUP["batch_size"])
-    p.add_argument("--lr", type=float, default=_SETUP["recipe"]["lr"])
-    p.add_argument("--warmup-iters", type=int, default=15)
+    p.add_argument("--batch-size", type=positive_int, default=_SETUP["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=_SETUP["recipe"]["lr"])
+    p.add_argument("--warmup-iters", type=non_negative_int, default=15)
     p.add_argument("--resolutions", default=resolutions, help=f"MIN:MAX:STEP of the supernet (default {resolutions})")
-    p.add_argument("--top-k", type=int, default=3, help="candidates evaluated per budget (both samplers)")
-    p.add_argument("--holdout", type=int, default=_SETUP["holdout"],
+    p.add_argument("--top-k", type=positive_int, default=3, help="candidates evaluated per budget (both samplers)")
+    p.add_argument("--holdout", type=positive_int, default=_SETUP["holdout"],
                    help="training images kept out of training and used for selection")
-    p.add_argument("--calib-batches", type=int, default=4)
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (default all)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calib-batches", type=positive_int, default=4)
+    p.add_argument("--test-limit", type=positive_int, default=None,
+                   help="evaluate on the first N test images (default all)")
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/compare"))
     p.add_argument("--results-md", type=pathlib.Path, default=pathlib.Path("docs/results.md"))
     p.add_argument("--plot", type=pathlib.Path, default=pathlib.Path("docs/compare_samplers.png"))
@@ -67,7 +79,7 @@ def train(args, sampler: str, seed: int, num_train: int) -> pathlib.Path:
         "max_iters": args.iters, "resolutions": [int(x) for x in args.resolutions.split(":")],
         "holdout": args.holdout,  # kept out of training; evaluation selects on exactly these images
         "recipe": {"lr": args.lr, "warmup_epochs": args.warmup_iters * args.batch_size / num_train},
-        "sampler": {"name": sampler}, "seed": seed, "threads": args.threads})
+        "sampler": {"name": sampler}, "seed": seed, "threads": args.threads, "device": args.device})
     t0 = time.perf_counter()
     Trainer(config).run()
     _record_seconds(out, "train", time.perf_counter() - t0)
@@ -133,14 +145,24 @@ def plot(results: dict[str, list[EvalResult]], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def markdown(args, results: dict[str, list[EvalResult]], rows: list[dict], summary: dict, seconds: dict) -> str:
+def _where(args) -> str:
+    """Where the runs ran, for the results page."""
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        return f"on one {torch.cuda.get_device_name(device)} GPU"
+    return f"on the CPU, {args.threads} thread(s)"
+
+
+def markdown(args, results: dict[str, list[EvalResult]], rows: list[dict], summary: dict, seconds: dict,
+             num_train: int) -> str:
     command = "python benchmarks/compare_samplers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     s = results["pss"][0].settings
+    epochs = args.iters * args.batch_size / num_train
     lines = [
         "# Results: PSS vs. uniform sampling",
         "",
         f"Command ({seconds['train'] / 60:.0f} min of training and {seconds['eval'] / 60:.0f} min of evaluation "
-        f"for all runs, on 2 CPU cores shared with other work, {args.threads} thread(s)):",
+        f"for all runs, {_where(args)}):",
         "",
         "```bash",
         command.strip(),
@@ -173,8 +195,9 @@ def markdown(args, results: dict[str, list[EvalResult]], rows: list[dict], summa
         f"(PSS ahead in {summary['pss_wins']} of {summary['comparisons']} budget x seed pairs); the seed-to-seed "
         f"spread of a single sampler is about {summary['typical_sd']:.2f} points.",
         "",
-        "Caveats: these are short runs (a fraction of an epoch; both samplers are far from converged, and the "
-        "paper's 250-epoch ImageNet setting is out of reach on a CPU), so they show the early-training regime. "
+        f"Caveats: these are short runs (about {epochs:.2g} passes over the {num_train:,} training images; the "
+        "paper trains 250 epochs on ImageNet), so neither sampler has converged and this shows the "
+        "early-training regime. "
         "The held-out images come from the training split and were kept out of training; the test images are used "
         "only to report the kept subnets. "
         "Differences smaller than the seed spread are not evidence either way.",
@@ -186,11 +209,15 @@ def markdown(args, results: dict[str, list[EvalResult]], rows: list[dict], summa
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _options)
     torch.set_num_threads(args.threads)
+    try:
+        resolve_device(args.device)  # fail now, not after loading the data, when the device is missing
+    except UserError as error:
+        sys.exit(f"compare_samplers.py: {error}")
     data = load_data(args.data)
     if args.test_limit:
         data.test = Subset(data.test, range(min(args.test_limit, len(data.test))))
     config = EvalConfig(top_k=args.top_k, calib_batches=args.calib_batches, holdout=args.holdout,
-                        batch_size=args.batch_size, seed=0)
+                        batch_size=args.batch_size, seed=0, device=args.device)
     results: dict[str, list[EvalResult]] = {s: [] for s in SAMPLERS}
     for seed in args.seeds:
         for sampler in SAMPLERS:
@@ -215,10 +242,11 @@ def main() -> None:
     minutes = (seconds["train"] + seconds["eval"]) / 60
     plot(results, args.plot)
     args.results_md.parent.mkdir(parents=True, exist_ok=True)
-    args.results_md.write_text(markdown(args, results, rows, summary, seconds))
+    args.results_md.write_text(markdown(args, results, rows, summary, seconds, len(data.train)))
 
     out = {"mean_pss_minus_uniform": round(summary["mean_diff"], 3), "pss_wins": summary["pss_wins"],
            "comparisons": summary["comparisons"], "seed_sd": round(summary["typical_sd"], 3), "seeds": len(args.seeds),
+           "device": resolve_device(args.device).type,
            "iters": args.iters, "budgets": len(targets), "minutes": round(minutes, 1), **flat}
     report("PSS vs. uniform (mean test accuracy over seeds)",
            [(f"budget {r['target']:g}", f"{r['pss_mean']:.2f} / {r['uniform_mean']:.2f}", f"diff {r['diff_mean']:+.2f}")

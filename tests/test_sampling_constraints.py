@@ -85,3 +85,26 @@ def test_auto_constraint_spans_space_and_duplicates_rejected():
     with pytest.raises(UserError, match="more than once"):
         parse_constraints(["flops:1:2:1", "flops:3:4:1"])
     assert math.isclose(parse_constraints(["params:1:2:0.5"])[0].step, 0.5)
+
+
+@pytest.mark.parametrize("count", [5, 20, 40])
+def test_interior_auto_grid_drops_the_end_buckets(count):
+    net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
+    meter = ResourceMeter(net)
+    full = auto_constraint("flops", meter, net.space, count=count)
+    inner = parse_constraints([f"flops:interior:{count}"], meter, net.space)[0]
+    assert inner == auto_constraint("flops", meter, net.space, count=count, interior=True)
+    lo, hi = count_flops(net, net.space.smallest()), count_flops(net, net.space.largest())
+    ends = {_reference_bucket(lo, full.start, full.step), _reference_bucket(hi, full.start, full.step)}
+    assert inner.step == full.step and inner.targets == full.targets[1:-1]
+    assert not ends & set(inner.targets) and ends <= set(full.targets)
+
+
+def test_interior_auto_grid_without_interior_targets_is_a_user_error():
+    net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
+    with pytest.raises(UserError, match="no target between the smallest and largest"):
+        parse_constraints(["flops:interior:2"], ResourceMeter(net), net.space)
+    with pytest.raises(UserError, match="write TYPE:interior:COUNT with an integer COUNT from 2"):
+        parse_constraints(["flops:interior:x"], ResourceMeter(net), net.space)
+    with pytest.raises(UserError, match="needs a model"):
+        parse_constraints(["flops:interior"])

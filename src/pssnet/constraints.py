@@ -120,37 +120,59 @@ def target_key(target: float) -> str:
     return repr(float(_clean(target)))
 
 
-def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: int = 40) -> Constraint:
-    """A grid of about ``count`` round-numbered targets spanning the space's range of ``kind``."""
+def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: int = 40,
+                    interior: bool = False) -> Constraint:
+    """A grid of about ``count`` round-numbered targets spanning the space's range of ``kind``.
+
+    The grid runs from the smallest subnet's bucket to the largest's. ``interior`` drops those two
+    end targets, as the reference trains its grids: the sandwich rule already trains the smallest
+    and largest subnets every step, so pools next to them would spend samples on near-copies.
+    """
     # Sorted: a noisy latency table can predict the smallest subnet slower than the largest.
     lo, hi = sorted((meter.measure(kind, space.smallest()), meter.measure(kind, space.largest())))
     raw = max((hi - lo) / max(count - 1, 1), 1e-6)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10 * magnitude)
     start = math.floor(lo / step + 0.5) * step  # the bucket of the smallest subnet
-    stop = math.floor(hi / step + 0.5) * step
-    return Constraint(kind, _clean(start), _clean(max(stop, start)), _clean(step))
+    stop = max(math.floor(hi / step + 0.5) * step, start)  # the bucket of the largest subnet
+    if interior:
+        if round((stop - start) / step) < 2:  # both are whole multiples of step
+            raise UserError(f"{kind}:interior:{count} leaves no target between the smallest and largest "
+                            f"subnets' buckets ({_clean(start):g} and {_clean(stop):g}); raise COUNT")
+        start, stop = start + step, stop - step
+    return Constraint(kind, _clean(start), _clean(stop), _clean(step))
+
+
+# The grid forms of ``TYPE:MODE[:COUNT]``: MODE -> whether the end targets are dropped.
+AUTO_MODES = {"auto": False, "interior": True}
+
+
+def _parse_auto(text: str, meter: ResourceMeter | None, space: SearchSpace | None) -> Constraint:
+    """The grid of ``TYPE:auto[:COUNT]`` or ``TYPE:interior[:COUNT]`` (default COUNT 40)."""
+    kind, mode, *rest = text.strip().split(":")
+    if meter is None or space is None:
+        raise UserError(f"'{text}' needs a model to size its grid; give START:STOP:STEP instead")
+    try:
+        count = int(rest[0]) if rest else 40
+    except ValueError:
+        count = 0
+    if not 2 <= count <= MAX_TARGETS:
+        raise UserError(f"bad constraint '{text}'; write TYPE:{mode}:COUNT with an integer COUNT "
+                        f"from 2 to {MAX_TARGETS:,}")
+    if kind not in KINDS:
+        raise UserError(f"unknown constraint type '{kind}'; use one of {', '.join(KINDS)}")
+    return auto_constraint(kind, meter, space, count, interior=AUTO_MODES[mode])
 
 
 def parse_constraints(texts: Sequence[str], meter: ResourceMeter | None = None,
                       space: SearchSpace | None = None) -> list[Constraint]:
-    """Parse ``TYPE:START:STOP:STEP`` or ``TYPE:auto[:COUNT]`` texts; one constraint per kind."""
+    """Parse ``TYPE:START:STOP:STEP``, ``TYPE:auto[:COUNT]`` or ``TYPE:interior[:COUNT]`` texts;
+    one constraint per kind."""
     constraints = []
     for text in texts:
         parts = text.strip().split(":")
-        if len(parts) in (2, 3) and parts[1] == "auto":
-            if meter is None or space is None:
-                raise UserError(f"'{text}' needs a model to size its grid; give START:STOP:STEP instead")
-            try:
-                count = int(parts[2]) if len(parts) == 3 else 40
-            except ValueError:
-                count = 0
-            if not 2 <= count <= MAX_TARGETS:
-                raise UserError(f"bad constraint '{text}'; write TYPE:auto:COUNT with an integer COUNT "
-                                f"from 2 to {MAX_TARGETS:,}")
-            if parts[0] not in KINDS:
-                raise UserError(f"unknown constraint type '{parts[0]}'; use one of {', '.join(KINDS)}")
-            constraints.append(auto_constraint(parts[0], meter, space, count))
+        if len(parts) in (2, 3) and parts[1] in AUTO_MODES:
+            constraints.append(_parse_auto(text, meter, space))
         else:
             constraints.append(Constraint.parse(text))
     kinds = [c.kind for c in constraints]
