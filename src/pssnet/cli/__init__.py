@@ -8,10 +8,10 @@ import sys
 from typing import Sequence
 
 from ..errors import UserError
-from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, resources_cmd, train_cmd
+from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, resources_cmd, serve_cmd, train_cmd
 
 # Each module adds its sub-command parser and sets ``func`` to the function that runs it.
-COMMAND_MODULES = [resources_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd]
+COMMAND_MODULES = [resources_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd, serve_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,108 @@
+"""One serving process's parts, assembled from a bundle: preprocessing, controller, batcher,
+inference worker and metrics, with start (calibrate, then serve) and drain."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..deploy import AdaptiveNet
+from ..errors import UserError
+from .batcher import Batcher, Job
+from .controller import SloConfig, SloController, subnet_profiles
+from .metrics import ServingMetrics
+from .preprocess import Preprocessing, bundle_preprocessing_entry, preprocessing_for
+from .worker import InferenceWorker
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``pssnet serve`` was asked for."""
+
+    bundle: Union[str, os.PathLike]
+    slo: SloConfig
+    host: str = "127.0.0.1"
+    port: int = 8000
+    fixed: Optional[str] = None  # "largest", "smallest" or a retained subnet's key
+    threads: Optional[int] = None
+    top_k: int = 5
+    calibration_repeats: int = 3
+
+
+def resolve_fixed(adaptive: AdaptiveNet, fixed: Optional[str]) -> Optional[str]:
+    """The key that ``--fixed largest|smallest|KEY`` pins (largest/smallest by FLOPs)."""
+    if fixed is None:
+        return None
+    by_flops = sorted(adaptive.subnets, key=lambda r: (r.resources.get("flops", 0.0), r.key))
+    if fixed == "largest":
+        return by_flops[-1].key
+    if fixed == "smallest":
+        return by_flops[0].key
+    return adaptive.find(fixed).key
+
+
+class ServingService:
+    """The serving process without its HTTP layer."""
+
+    def __init__(self, config: ServeConfig, clock=time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.adaptive = AdaptiveNet.load(config.bundle)
+        entry = self.adaptive.info.get("preprocessing") or bundle_preprocessing_entry(config.bundle)
+        self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, entry)
+        profiles = subnet_profiles(self.adaptive.subnets, self.adaptive.kinds)
+        self.controller = SloController(profiles, config.slo, resolve_fixed(self.adaptive, config.fixed))
+        slo = config.slo
+        self.batcher = Batcher(slo.max_batch, slo.max_wait_ms / 1e3, clock)
+        self.metrics = ServingMetrics(slo.target_ms, slo.max_batch)
+        self.worker = InferenceWorker(self.adaptive, self.controller, self.batcher, self.metrics, clock)
+        self.calibration: dict[str, dict] = {}
+        self.started = False
+
+    def start(self) -> None:
+        """Measure every subnet's base service times, then start the inference worker."""
+        p = self.preprocessing
+        example = torch.zeros(1, p.in_chans, p.image_size, p.image_size)
+        sizes = sorted({1, max(1, self.config.slo.max_batch // 2), self.config.slo.max_batch})
+        self.calibration = self.worker.calibrate(example, sizes, self.config.calibration_repeats)
+        current = self.controller.current
+        self.metrics.record_batch(0, False, self.controller_flops(current), 1.0)
+        self.worker.start()
+        self.started = True
+
+    def controller_flops(self, key: str) -> float:
+        return self.controller.profile(key).flops
+
+    def submit(self, x: torch.Tensor, arrival: float) -> Job:
+        return self.batcher.submit(x, arrival)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Take no new requests, answer the queued ones, stop the worker."""
+        self.batcher.close()
+        if self.started:
+            self.worker.join(timeout_s)
+
+    def status(self) -> Mapping[str, Any]:
+        status = dict(self.worker.status())
+        slo = self.config.slo
+        current = self.controller.profile(status["subnet"])
+        status.update({
+            "subnet_mflops": current.flops, "subnet_accuracy": current.accuracy,
+            "target_ms": slo.target_ms, "quantile": slo.quantile,
+            "p50_ms": self.metrics.recent_percentile(0.5), "p95_ms": self.metrics.recent_percentile(0.95),
+            "queued": len(self.batcher), "max_batch": slo.max_batch, "max_wait_ms": slo.max_wait_ms,
+            "subnets": [{"key": p.key, "accuracy": p.accuracy, "mflops": p.flops,
+                         "base_ms": {str(b): ms for b, ms in self.calibration.get(p.key, {}).items()}}
+                        for p in self.controller.ranked],
+            "input": self.preprocessing.describe(),
+        })
+        return status
+
+
+def check_threads(threads: Optional[int]) -> None:
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
