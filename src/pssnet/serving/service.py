@@ -99,6 +99,7 @@ class ServingService:
                          "base_ms": {str(b): ms for b, ms in self.calibration.get(p.key, {}).items()}}
                         for p in self.controller.ranked],
             "input": self.preprocessing.describe(),
+            "input_shape": [self.preprocessing.in_chans, self.preprocessing.image_size, self.preprocessing.image_size],
         })
         return status
 
