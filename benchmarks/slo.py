@@ -328,7 +328,8 @@ def main() -> None:
         p.add_argument("--burners", type=int, default=2, help="CPU burner processes for interference (default 2)"),
         p.add_argument("--max-batch", type=int, default=8, help="--max-batch of the servers (default 8)"),
         p.add_argument("--demo-epochs", type=float, default=1.5, help="epochs when training the demo bundle"),
-        p.add_argument("--plot", type=Path, default=Path("slo_timeline.png"), help="timeline PNG"),
+        p.add_argument("--plot", type=Path, default=REPO / "docs" / "slo_timeline.png",
+                       help="timeline PNG (default docs/slo_timeline.png, shown in the README)"),
     ))
     bundle = args.bundle or demo_bundle(args.demo_epochs)
     setup = calibrate(bundle, args)

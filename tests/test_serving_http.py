@@ -288,3 +288,32 @@ def test_cli_errors_are_one_line(bundle_path, tmp_path, capsys):
         assert main(["serve", *args]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_missing_serve_extra_names_the_install_command(bundle_path, monkeypatch, capsys):
+    from pssnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
+    assert main(["serve", str(bundle_path), "--slo-ms", "50"]) == 2
+    assert "pip install 'pssnet[serve]'" in capsys.readouterr().err
+
+
+def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
+    from pssnet.serving.preprocess import RequestError, preprocessing_for
+
+    info = {"model_config": {"in_chans": 3, "num_classes": 10, "resolutions": (24, 32, 4)}, "data": "cifar10:/x",
+            "image_size": 32}
+    derived = preprocessing_for(info)
+    assert derived.class_names[0] == "airplane" and derived.mean == normalisation("cifar10")[0]
+    entry = {"in_chans": 3, "image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+             "class_names": [f"c{i}" for i in range(10)]}
+    prep = preprocessing_for(info, entry)
+    assert prep.image_size == 16 and prep.class_names[3] == "c3" and prep.crop_ratio is None
+    buffer = io.BytesIO()
+    PIL.fromarray(np.full((40, 30, 3), 191, dtype=np.uint8)).save(buffer, format="JPEG", quality=100)
+    x = prep.decode(buffer.getvalue(), "image/jpeg")
+    assert x.shape == (3, 16, 16)
+    assert torch.allclose(x, torch.full_like(x, (191 / 255 - 0.5) / 0.25), atol=0.05)  # JPEG is lossy
+    with pytest.raises(RequestError) as error:  # a PNG declared as JPEG
+        prep.decode(png_bytes(np.zeros((4, 4), dtype=np.uint8)), "image/jpeg")
+    assert error.value.status == 400
