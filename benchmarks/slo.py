@@ -4,13 +4,15 @@ pinned subnet cannot, and how much of the largest subnet's accuracy does it keep
     python benchmarks/slo.py --json s.json [--bundle runs/demo/adaptive.pt] [--seed 0] [--duration-s 90]
 
 It starts `pssnet serve` subprocesses on 127.0.0.1 (--threads 1) and replays one seeded open-loop
-Poisson trace against three servers: adaptive, --fixed largest and --fixed smallest. During the
-middle third of each replay, CPU burner processes (bounded in time) compete for the cores.
-Calibration first measures, through HTTP, the throughput of the largest and smallest subnets
-with and without the burners, and picks the arrival rate so that the largest is comfortable
-without interference (<= --load of its capacity) and overloaded with it; the target is twice
-the largest subnet's p95 at that rate without interference. Without --bundle it runs
-`pssnet demo` first (or reuses runs/demo/adaptive.pt).
+Poisson trace against three servers: adaptive, --fixed largest and --fixed smallest. Each server
+is pinned to one core, and during the middle third of each replay a CPU burner process (bounded
+in time) runs on that same core, about halving the server's share of it; the client runs on the
+other cores. Calibration first measures, through HTTP, the throughput of the largest and
+smallest subnets with and without the burner. The arrival rate is --load (0.6) of the largest's
+throughput: comfortable without interference, over its capacity with it (the script warns
+where the machine does not allow that); the target is twice the largest subnet's p95 at that
+rate without interference. Without --bundle it runs `pssnet demo` first (or reuses
+runs/demo/adaptive.pt).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ from _common import parse_args, report
 REPO = Path(__file__).resolve().parents[1]
 MAX_REQUESTS = 50_000  # every replay is bounded in count ...
 REQUEST_TIMEOUT_S = 10.0  # ... and every request in time (a timed-out request counts as a miss)
+# The server and the burners share one core (the last one this process may use); the client runs
+# on the others, so that interference slows the server and not the measurement.
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CORES = {CORES[-1]} if len(CORES) > 1 else None
+CLIENT_CORES = set(CORES[:-1]) if len(CORES) > 1 else None
 BURNER = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
@@ -48,6 +55,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _pin_to_server_core() -> None:
+    if SERVER_CORES:
+        os.sched_setaffinity(0, SERVER_CORES)
 
 
 def http_json(port: int, path: str) -> dict:
@@ -64,7 +76,8 @@ class Server:
         cmd = [sys.executable, "-m", "pssnet", "serve", str(bundle), "--slo-ms", f"{slo_ms:.3f}", "--port",
                str(self.port), "--threads", "1", "--max-batch", str(max_batch), *extra]
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
+                                     preexec_fn=_pin_to_server_core)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,7 +110,8 @@ class Burners:
 
     def __init__(self, count: int, seconds: float) -> None:
         code = BURNER.format(seconds=seconds)
-        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+        self.procs = [subprocess.Popen([sys.executable, "-c", code], preexec_fn=_pin_to_server_core)
+                      for _ in range(count)]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -117,31 +131,49 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-async def _post(port: int, body: bytes) -> dict:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
-                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        response = await reader.read()
-    finally:
-        writer.close()
-    head, _, payload = response.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise OSError(head.split(b"\r\n")[0].decode(errors="replace"))
-    return json.loads(payload)
+class Client:
+    """Keep-alive HTTP/1.1 connections to one server, reused across requests (as a real load
+    balancer would), so that the server's CPU goes to serving rather than to TCP set-up."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, body: bytes) -> dict:
+        reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            payload = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        self._idle.append((reader, writer))
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError(head.split(b"\r\n")[0].decode(errors="replace"))
+        return json.loads(payload)
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
 
 
 async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: float) -> list[Result]:
     """Send one request at each arrival time (open loop: never waits for earlier answers)."""
     loop = asyncio.get_running_loop()
+    client = Client(port)
     t0 = loop.time()
 
     async def one(at: float) -> Result:
         await asyncio.sleep(max(0.0, t0 + at - loop.time()))
         try:
-            answer = await asyncio.wait_for(_post(port, body), REQUEST_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError, ValueError):
+            answer = await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
             return Result(at, float("inf"))
         return Result(at, 1e3 * (loop.time() - t0 - at), answer["subnet"])
 
@@ -149,12 +181,14 @@ async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: flo
     done, pending = await asyncio.wait(tasks, timeout=deadline_s)
     for task in pending:
         task.cancel()
+    client.close()
     return sorted((t.result() for t in done if not t.cancelled()), key=lambda r: r.start)
 
 
 async def _closed_loop(port: int, body: bytes, clients: int, seconds: float) -> int:
     """Requests answered by ``clients`` back-to-back senders in ``seconds`` (throughput probe)."""
     loop = asyncio.get_running_loop()
+    client = Client(port)
     end = loop.time() + seconds
     count = 0
 
@@ -162,12 +196,13 @@ async def _closed_loop(port: int, body: bytes, clients: int, seconds: float) -> 
         nonlocal count
         while loop.time() < end:
             try:
-                await asyncio.wait_for(_post(port, body), REQUEST_TIMEOUT_S)
+                await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
                 count += 1
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
                 pass
 
     await asyncio.gather(*(sender() for _ in range(clients)))
+    client.close()
     return count
 
 
@@ -323,15 +358,19 @@ def main() -> None:
         p.add_argument("--seed", type=int, default=0, help="seed of the arrival trace"),
         p.add_argument("--duration-s", type=float, default=90.0, help="length of each replay (default 90)"),
         p.add_argument("--probe-s", type=float, default=4.0, help="length of each calibration probe (default 4)"),
-        p.add_argument("--load", type=float, default=0.65,
-                       help="arrival rate as a share of the largest subnet's throughput (default 0.65)"),
-        p.add_argument("--burners", type=int, default=2, help="CPU burner processes for interference (default 2)"),
+        p.add_argument("--load", type=float, default=0.6,
+                       help="arrival rate as a share of the largest subnet's throughput (default 0.6)"),
+        p.add_argument("--burners", type=int, default=1,
+                       help="CPU burner processes on the server's core during interference (default 1: about 2x)"),
         p.add_argument("--max-batch", type=int, default=8, help="--max-batch of the servers (default 8)"),
         p.add_argument("--demo-epochs", type=float, default=1.5, help="epochs when training the demo bundle"),
         p.add_argument("--plot", type=Path, default=REPO / "docs" / "slo_timeline.png",
                        help="timeline PNG (default docs/slo_timeline.png, shown in the README)"),
     ))
     bundle = args.bundle or demo_bundle(args.demo_epochs)
+    if CLIENT_CORES:
+        os.sched_setaffinity(0, CLIENT_CORES)
+        print(f"server and burners on core {sorted(SERVER_CORES)}, client on {sorted(CLIENT_CORES)}")
     setup = calibrate(bundle, args)
     print(f"calibration: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in setup.items()})}")
     if not setup["largest_overloaded_with_interference"]:

@@ -221,15 +221,16 @@ class SloController:
     def _fits(self, key: str, now_ms: float, waiting_ms: Sequence[float], rate: float, up: bool) -> bool:
         """Whether ``key`` keeps the target: in steady state within the margin (``up_margin`` and
         ``up_utilisation`` for a step up) with the quantile's stretch, and for the requests waiting
-        now on average within the target itself (within ``up_margin`` for a step up): a
-        backlog that would miss it steps down at once, an ordinary burst moves nothing."""
+        now (the oldest one's predicted completion) within the target itself (``margin`` for a step up): a backlog
+        that would miss it steps down at once, an ordinary burst neither steps down nor resets
+        the wait before a step up."""
         cfg = self.config
         stretch = self.model.stretch()
         margin = cfg.up_margin if up else cfg.margin
         steady = self.steady_ms(key, rate, cfg.up_utilisation if up else cfg.max_utilisation)
         backlog = self.completion_ms(key, now_ms, waiting_ms)
         return (steady * stretch <= margin * cfg.target_ms
-                and backlog <= (cfg.up_margin if up else 1.0) * cfg.target_ms)
+                and backlog <= (cfg.margin if up else 1.0) * cfg.target_ms)
 
     # -- decisions -----------------------------------------------------------
 
