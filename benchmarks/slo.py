@@ -135,12 +135,23 @@ class Client:
     """Keep-alive HTTP/1.1 connections to one server, reused across requests (as a real load
     balancer would), so that the server's CPU goes to serving rather than to TCP set-up."""
 
+    IDLE_S = 2.0  # the server closes connections idle for 5 s (uvicorn's default); never reuse one that old
+
     def __init__(self, port: int) -> None:
         self.port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection("127.0.0.1", self.port)
 
     async def post(self, body: bytes) -> dict:
-        reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await self._connection()
         try:
             writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -152,13 +163,13 @@ class Client:
         except BaseException:
             writer.close()
             raise
-        self._idle.append((reader, writer))
+        self._idle.append((reader, writer, asyncio.get_running_loop().time()))
         if not head.startswith(b"HTTP/1.1 200"):
             raise OSError(head.split(b"\r\n")[0].decode(errors="replace"))
         return json.loads(payload)
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 

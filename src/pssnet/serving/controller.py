@@ -249,9 +249,10 @@ class SloController:
         if not fits:  # nothing meets the target: the fastest drains the queue soonest
             self._switch(min(self.ranked, key=lambda p: self.completion_ms(p.key, now_ms, waiting_ms)).key)
             return
-        best, here = self._rank[fits[0]], self._rank[self.current]
-        if best > here or self.current not in fits:
-            self._switch(self.ranked[best].key)
+        here = self._rank[self.current]
+        if self.current not in fits:  # step down: the most accurate that fits among the less accurate
+            below = [key for key in fits if self._rank[key] > here]
+            self._switch(below[0] if below else fits[0])
             return
         better = [p.key for p in self.ranked[:here] if self._fits(p.key, now_ms, waiting_ms, rate, up=True)]
         if not better:
