@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 
-import torch
-
 from ..errors import UserError
 
 
@@ -44,17 +42,12 @@ def _serving_modules():
 
 def run(args: argparse.Namespace) -> int:
     from ..serving.controller import SloConfig
-    from ..serving.service import ServeConfig, ServingService, check_threads
+    from ..serving.service import ServeConfig, ServingService
 
     uvicorn, create_app = _serving_modules()
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be in 0..65535, got {args.port}")
-    check_threads(args.threads)
     slo = SloConfig(target_ms=args.slo_ms, quantile=args.quantile, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms)
     config = ServeConfig(args.bundle, slo, args.host, args.port, args.fixed, args.threads)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     service = ServingService(config)
     mode = f"fixed {service.controller.fixed}" if args.fixed else "adaptive"
     print(f"pssnet serve: {len(service.adaptive.subnets)} subnets, {mode}, target p{100 * slo.quantile:g} <= "

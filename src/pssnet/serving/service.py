@@ -32,6 +32,14 @@ class ServeConfig:
     top_k: int = 5
     calibration_repeats: int = 3
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535, got {self.port}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.top_k < 1 or self.calibration_repeats < 1:
+            raise UserError("top_k and calibration_repeats must be at least 1")
+
 
 def resolve_fixed(adaptive: AdaptiveNet, fixed: Optional[str]) -> Optional[str]:
     """The key that ``--fixed largest|smallest|KEY`` pins (largest/smallest by FLOPs)."""
@@ -51,6 +59,8 @@ class ServingService:
     def __init__(self, config: ServeConfig, clock=time.monotonic) -> None:
         self.config = config
         self.clock = clock
+        if config.threads:
+            torch.set_num_threads(config.threads)  # the process serves this bundle only
         self.adaptive = AdaptiveNet.load(config.bundle)
         entry = self.adaptive.info.get("preprocessing") or bundle_preprocessing_entry(config.bundle)
         self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, entry)
@@ -69,13 +79,9 @@ class ServingService:
         example = torch.zeros(1, p.in_chans, p.image_size, p.image_size)
         sizes = sorted({1, max(1, self.config.slo.max_batch // 2), self.config.slo.max_batch})
         self.calibration = self.worker.calibrate(example, sizes, self.config.calibration_repeats)
-        current = self.controller.current
-        self.metrics.record_batch(0, False, self.controller_flops(current), 1.0)
+        self.metrics.subnet_flops.set(self.controller.profile(self.controller.current).flops)
         self.worker.start()
         self.started = True
-
-    def controller_flops(self, key: str) -> float:
-        return self.controller.profile(key).flops
 
     def submit(self, x: torch.Tensor, arrival: float) -> Job:
         return self.batcher.submit(x, arrival)
@@ -103,7 +109,3 @@ class ServingService:
         })
         return status
 
-
-def check_threads(threads: Optional[int]) -> None:
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
