@@ -317,3 +317,32 @@ def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
     with pytest.raises(RequestError) as error:  # a PNG declared as JPEG
         prep.decode(png_bytes(np.zeros((4, 4), dtype=np.uint8)), "image/jpeg")
     assert error.value.status == 400
+
+
+def test_the_worker_batches_in_arrival_order_and_survives_abandoned_requests(bundle_path):
+    from pssnet.serving.batcher import Batcher
+    from pssnet.serving.controller import SloConfig, SloController, subnet_profiles
+    from pssnet.serving.metrics import ServingMetrics
+    from pssnet.serving.worker import InferenceWorker
+
+    net = AdaptiveNet.load(bundle_path)
+    config = SloConfig(target_ms=1000, max_batch=4, max_wait_ms=200)
+    batcher = Batcher(config.max_batch, config.max_wait_ms / 1e3)
+    worker = InferenceWorker(net, SloController(subnet_profiles(net.subnets, net.kinds), config), batcher,
+                             ServingMetrics(config.target_ms, config.max_batch))
+    worker.start()
+    inputs = torch.randn(6, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    jobs = [batcher.submit(x) for x in inputs]
+    jobs[1].future.cancel()  # its client went away before the batch ran
+    answers = [job.future.result(timeout=30) for i, job in enumerate(jobs) if i != 1]
+    batcher.close()
+    worker.join(30)
+    assert not worker._thread.is_alive() and jobs[1].future.cancelled()
+    reference = AdaptiveNet.load(bundle_path)  # the untimed first batch may make the controller switch
+    for i, answer in zip([0, 2, 3, 4, 5], answers):
+        reference.switch_to(reference.find(answer.subnet))
+        with torch.no_grad():
+            expected = torch.softmax(reference(inputs[i:i + 1]), dim=1)[0]
+        assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
+    assert len({a.inference_ms for a in answers[:3]}) == 1  # the first four (one dropped) ran as one batch
+    assert answers[3].inference_ms != answers[0].inference_ms

@@ -85,6 +85,10 @@ class InferenceWorker:
             self._run(self.batcher.take(decision.batch), decision.key)
 
     def _run(self, jobs: list[Job], key: str) -> None:
+        # Requests whose client went away (future cancelled) are dropped; the rest can no longer be cancelled.
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         retained = self._by_key[key]
         switched = self.adaptive.current is not retained
         if switched:
