@@ -10,8 +10,9 @@ errors' quantile before they are compared with the target.
 
 Before each batch :class:`SloController` picks the most accurate subnet whose predicted
 latency in steady state, at the measured arrival rate, meets ``margin * target``, and whose
-predicted completion of the requests waiting now meets the target. It steps down at once, and steps up only after a more accurate subnet
-has met the stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row.
+predicted completion of the requests waiting now meets the target. It steps down at once, and
+steps up only after a more accurate subnet has met the stricter ``up_margin`` for
+``up_hold_ms`` and ``up_hold_batches`` in a row.
 """
 
 from __future__ import annotations
@@ -221,9 +222,9 @@ class SloController:
     def _fits(self, key: str, now_ms: float, waiting_ms: Sequence[float], rate: float, up: bool) -> bool:
         """Whether ``key`` keeps the target: in steady state within the margin (``up_margin`` and
         ``up_utilisation`` for a step up) with the quantile's stretch, and for the requests waiting
-        now (the oldest one's predicted completion) within the target itself (``margin`` for a step up): a backlog
-        that would miss it steps down at once, an ordinary burst neither steps down nor resets
-        the wait before a step up."""
+        now (the oldest one's predicted completion) within the target itself (``margin`` for a
+        step up): a backlog that would miss it steps down at once, an ordinary burst neither
+        steps down nor resets the wait before a step up."""
         cfg = self.config
         stretch = self.model.stretch()
         margin = cfg.up_margin if up else cfg.margin
