@@ -116,7 +116,8 @@ class ServiceModel:
 
     def calibrate(self, key: str, batch: int, ms: float) -> None:
         """Record a measured base time (at start-up, the load the slow-down factor is relative to)."""
-        self._prior[key]  # unknown keys fail here
+        if key not in self._prior:
+            raise KeyError(f"no subnet {key} in the service model")
         self._measured.setdefault(key, {})[int(batch)] = float(ms)
 
     def base_ms(self, key: str, batch: int) -> float:
@@ -124,7 +125,8 @@ class ServiceModel:
         (beyond them, scaled like the prior); unmeasured subnets: prior x the measured/prior median."""
         points = self._measured.get(key)
         if not points:
-            ratios = [ms / self.prior_ms(k, b) for k, p in sorted(self._measured.items()) for b, ms in sorted(p.items())]
+            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
+                      for b, ms in sorted(points_k.items())]
             return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
         sizes = sorted(points)
         i = bisect.bisect_left(sizes, batch)
