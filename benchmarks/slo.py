@@ -9,9 +9,10 @@ is pinned to one core, and during the middle third of each replay a CPU burner p
 in time) runs on that same core, about halving the server's share of it; the client runs on the
 other cores. Calibration first measures, through HTTP, the throughput of the largest and
 smallest subnets with and without the burner. The arrival rate is --load (0.6) of the largest's
-throughput: comfortable without interference, over its capacity with it (the script warns
-where the machine does not allow that); the target is twice the largest subnet's p95 at that
-rate without interference. Without --bundle it runs `pssnet demo` first (or reuses
+throughput, moved where the machine allows into the range where the largest is overloaded with
+interference and the smallest is not (never above 0.7 of the largest's throughput); the script
+warns where no such rate exists. The target is twice the largest subnet's p95 at that rate
+without interference. Without --bundle it runs `pssnet demo` first (or reuses
 runs/demo/adaptive.pt).
 """
 
@@ -259,7 +260,7 @@ def request_body(status: dict) -> bytes:
 def calibrate(bundle: Path, args) -> dict:
     """Throughputs (req/s) of the largest and smallest with and without burners; the rate and target."""
     measured = {}
-    for which in ("largest", "smallest"):
+    for which in ("smallest", "largest"):
         server = Server(bundle, 1000.0, args.max_batch, ["--fixed", which])
         try:
             body = request_body(server.status())
@@ -273,9 +274,8 @@ def calibrate(bundle: Path, args) -> dict:
             finally:
                 burners.stop()
             if which == "largest":
-                # the rate: comfortable for the largest alone, over its capacity with interference,
-                # within the smallest's capacity with interference where the machine allows all three
-                rate = args.load * measured["largest"]
+                rate = pick_rate(measured["largest"], measured["largest_interference"],
+                                 measured["smallest_interference"], args.load)
                 arrivals = poisson_trace(rate, args.probe_s, args.seed + 1)
                 probe = [r.latency_ms for r in replay(server.port, arrivals, body, args.probe_s)]
                 p95 = float(np.percentile(probe, 95)) if probe else float("inf")
@@ -285,6 +285,16 @@ def calibrate(bundle: Path, args) -> dict:
     measured["largest_overloaded_with_interference"] = measured["rate_per_s"] > measured["largest_interference"]
     measured["smallest_copes_with_interference"] = measured["rate_per_s"] < 0.85 * measured["smallest_interference"]
     return measured
+
+
+def pick_rate(throughput_largest: float, largest_interference: float, smallest_interference: float,
+              load: float) -> float:
+    """``load`` of the largest subnet's throughput, moved where needed (and where the machine
+    allows) into the range where the largest is overloaded with interference (> 1.1x its
+    throughput then) and the smallest is not (< 0.8x its throughput then), never above 0.7."""
+    rate = load * throughput_largest
+    low, high = 1.1 * largest_interference, min(0.7 * throughput_largest, 0.8 * smallest_interference)
+    return min(max(rate, low), high) if low <= high else rate
 
 
 def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float], args) -> dict:

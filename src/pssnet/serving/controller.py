@@ -248,14 +248,14 @@ class SloController:
 
     def _step(self, now_ms: float, waiting_ms: Sequence[float]) -> None:
         rate = self.arrival_rate(now_ms)
-        fits = [p.key for p in self.ranked if self._fits(p.key, now_ms, waiting_ms, rate, up=False)]
-        if not fits:  # nothing meets the target: the fastest drains the queue soonest
-            self._switch(min(self.ranked, key=lambda p: self.completion_ms(p.key, now_ms, waiting_ms)).key)
-            return
         here = self._rank[self.current]
-        if self.current not in fits:  # step down: the most accurate that fits among the less accurate
-            below = [key for key in fits if self._rank[key] > here]
-            self._switch(below[0] if below else fits[0])
+        if not self._fits(self.current, now_ms, waiting_ms, rate, up=False):
+            # Step down (never up: that takes the wait below): the most accurate less accurate
+            # subnet that fits, else the one that drains the waiting requests soonest.
+            below = self.ranked[here + 1:]
+            fitting = [p.key for p in below if self._fits(p.key, now_ms, waiting_ms, rate, up=False)]
+            fastest = min(self.ranked[here:], key=lambda p: self.completion_ms(p.key, now_ms, waiting_ms)).key
+            self._switch(fitting[0] if fitting else fastest)
             return
         better = [p.key for p in self.ranked[:here] if self._fits(p.key, now_ms, waiting_ms, rate, up=True)]
         if not better:

@@ -30,7 +30,7 @@ class ServeConfig:
     fixed: Optional[str] = None  # "largest", "smallest" or a retained subnet's key
     threads: Optional[int] = None
     top_k: int = 5
-    calibration_repeats: int = 3
+    calibration_repeats: int = 5
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -4,7 +4,6 @@ each request's future."""
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -44,9 +43,10 @@ class InferenceWorker:
 
     # -- start-up ------------------------------------------------------------
 
-    def calibrate(self, example: torch.Tensor, batch_sizes: Sequence[int], repeats: int = 3) -> dict[str, dict]:
-        """Measure each subnet's service time at ``batch_sizes`` (median of ``repeats`` after one
-        warm-up call) as the controller's base times; returns ``{key: {batch: ms}}``."""
+    def calibrate(self, example: torch.Tensor, batch_sizes: Sequence[int], repeats: int = 5) -> dict[str, dict]:
+        """Measure each subnet's service time at ``batch_sizes`` (the fastest of ``repeats`` after
+        one warm-up call: steadier than the median where other load comes and goes) as the
+        controller's base times; returns ``{key: {batch: ms}}``."""
         table: dict[str, dict] = {}
         with torch.inference_mode():
             for key, retained in self._by_key.items():
@@ -58,7 +58,7 @@ class InferenceWorker:
                         t0 = self.clock()
                         self.adaptive(x)
                         times.append(1e3 * (self.clock() - t0))
-                    ms = statistics.median(times[1:])
+                    ms = min(times[1:])
                     self.controller.calibrate(key, size, ms)
                     table.setdefault(key, {})[size] = ms
         self.adaptive.switch_to(self._by_key[self.controller.current])
