@@ -97,7 +97,7 @@ def test_a_pinned_largest_misses_the_target_under_the_same_slowdown():
     assert controller.model.slowdown > 1.0
 
 
-@pytest.mark.parametrize("rate", [0.05, 0.15, 0.22])
+@pytest.mark.parametrize("rate", [0.05, 0.15, 0.22, 0.25])
 def test_never_flaps_on_steady_load(rate):
     controller = SloController(PROFILES, CONFIG)
     records = simulate(controller, 60_000.0, rate_per_ms=rate, noise=0.2)

@@ -66,8 +66,8 @@ class SloConfig:
     up_margin: float = 0.6  # a step up needs predictions within up_margin * target ...
     up_hold_ms: float = 2000.0  # ... continuously for this long
     up_hold_batches: int = 10  # ... and for this many batches
-    max_utilisation: float = 0.85  # share of a subnet's capacity the arrival rate may use
-    up_utilisation: float = 0.7  # the same, for stepping up
+    max_utilisation: float = 0.95  # share of a subnet's capacity the arrival rate may use
+    up_utilisation: float = 0.85  # the same, for stepping up
     smoothing: float = 0.3  # EWMA weight of one observation in the slow-down factor
     error_window: int = 64  # batches whose prediction errors give the quantile's stretch
     rate_window_ms: float = 2000.0  # arrivals counted for the arrival rate
