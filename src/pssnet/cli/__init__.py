@@ -9,10 +9,10 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..fileio import os_error_message
-from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, info_cmd, train_cmd
+from . import adapt_cmd, demo_cmd, eval_cmd, export_cmd, lut_cmd, info_cmd, serve_cmd, train_cmd
 
 # Each module adds its sub-command parser and sets ``func`` to the function that runs it.
-COMMAND_MODULES = [info_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd]
+COMMAND_MODULES = [info_cmd, eval_cmd, export_cmd, adapt_cmd, train_cmd, lut_cmd, demo_cmd, serve_cmd]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -31,6 +31,33 @@ _NORMALISATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
+# Class names of the data sets whose labels have fixed meanings (folder data sets name theirs).
+_CLASS_NAMES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple(str(d) for d in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+def dataset_name(spec: str) -> str:
+    """The data set a spec names (``fashion-mnist-mini`` -> ``fashion-mnist``, ``cifar10:DIR`` -> ``cifar10``)."""
+    name = spec.partition(":")[0].strip().lower()
+    return "fashion-mnist" if name == "fashion-mnist-mini" else name
+
+
+def normalisation(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` that :func:`load_data` normalises the spec's images with."""
+    name = dataset_name(spec)
+    if name not in _NORMALISATION:
+        raise UserError(f"unknown data spec '{spec}'; use one of {SPECS}")
+    return _NORMALISATION[name]
+
+
+def class_names(spec: str) -> Optional[tuple[str, ...]]:
+    """The class names of the spec's data set, or None where only the data's folders know them."""
+    return _CLASS_NAMES.get(dataset_name(spec))
+
 
 def _array_bundle(name: str, num_classes: int, train: tuple[np.ndarray, np.ndarray],
                   test: tuple[np.ndarray, np.ndarray], stats: Optional[str] = None) -> DataBundle:

@@ -1,0 +1,431 @@
+"""Adaptive serving under CPU interference: does `pssnet serve` keep its latency target where a
+pinned subnet cannot, and how much of the largest subnet's accuracy does it keep?
+
+    python benchmarks/slo.py --json s.json [--bundle runs/demo/adaptive.pt] [--seed 0] [--duration-s 90]
+
+It starts `pssnet serve` subprocesses on 127.0.0.1 (--threads 1) and replays one seeded open-loop
+Poisson trace against three servers: adaptive, --fixed largest and --fixed smallest. Each server
+is pinned to one core, and during the middle third of each replay a CPU burner process (bounded
+in time) runs on that same core, about halving the server's share of it; the client runs on the
+other cores. Calibration first measures, through HTTP, the throughput of the largest and
+smallest subnets with and without the burner. The arrival rate is --load (0.6) of the largest's
+throughput, moved where the machine allows into the range where the largest is overloaded with
+interference and the smallest is not (never above 0.7 of the largest's throughput); the script
+warns where no such rate exists. The target is twice the largest subnet's p95 at that rate
+without interference. Without --bundle it runs `pssnet demo` first (or reuses
+runs/demo/adaptive.pt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from _common import parse_args, report
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_REQUESTS = 50_000  # every replay is bounded in count ...
+REQUEST_TIMEOUT_S = 10.0  # ... and every request in time (a timed-out request counts as a miss)
+# The server and the burners share one core (the last one this process may use); the client runs
+# on the others, so that interference slows the server and not the measurement.
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CORES = {CORES[-1]} if len(CORES) > 1 else None
+CLIENT_CORES = set(CORES[:-1]) if len(CORES) > 1 else None
+BURNER = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pin_to_server_core() -> None:
+    if SERVER_CORES:
+        os.sched_setaffinity(0, SERVER_CORES)
+
+
+def http_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    """`pssnet serve` in a subprocess on 127.0.0.1; stopped with SIGTERM (killed if it hangs)."""
+
+    def __init__(self, bundle: Path, slo_ms: float, max_batch: int, extra: list[str]) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "pssnet", "serve", str(bundle), "--slo-ms", f"{slo_ms:.3f}", "--port",
+               str(self.port), "--threads", "1", "--max-batch", str(max_batch), *extra]
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True,
+                                     preexec_fn=_pin_to_server_core)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise SystemExit(f"pssnet serve exited: {self.log.read()}")
+            try:
+                http_json(self.port, "/healthz")
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("pssnet serve did not come up within 180 s")
+
+    def status(self) -> dict:
+        return http_json(self.port, "/status")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Burners:
+    """CPU interference: ``count`` busy-loop processes that end by themselves after ``seconds``."""
+
+    def __init__(self, count: int, seconds: float) -> None:
+        code = BURNER.format(seconds=seconds)
+        self.procs = [subprocess.Popen([sys.executable, "-c", code], preexec_fn=_pin_to_server_core)
+                      for _ in range(count)]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+@dataclass
+class Result:
+    start: float  # scheduled send time, s from the replay's start
+    latency_ms: float  # scheduled send to full response (inf: failed or timed out)
+    subnet: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Client:
+    """Keep-alive HTTP/1.1 connections to one server, reused across requests (as a real load
+    balancer would), so that the server's CPU goes to serving rather than to TCP set-up."""
+
+    IDLE_S = 2.0  # the server closes connections idle for 5 s (uvicorn's default); never reuse one that old
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < self.IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post(self, body: bytes) -> dict:
+        reader, writer = await self._connection()
+        try:
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            payload = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        self._idle.append((reader, writer, asyncio.get_running_loop().time()))
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise OSError(head.split(b"\r\n")[0].decode(errors="replace"))
+        return json.loads(payload)
+
+    def close(self) -> None:
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: float) -> list[Result]:
+    """Send one request at each arrival time (open loop: never waits for earlier answers)."""
+    loop = asyncio.get_running_loop()
+    client = Client(port)
+    t0 = loop.time()
+
+    async def one(at: float) -> Result:
+        await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+        try:
+            answer = await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
+            return Result(at, float("inf"))
+        return Result(at, 1e3 * (loop.time() - t0 - at), answer["subnet"])
+
+    tasks = [asyncio.ensure_future(one(at)) for at in arrivals]
+    done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+    for task in pending:
+        task.cancel()
+    client.close()
+    return sorted((t.result() for t in done if not t.cancelled()), key=lambda r: r.start)
+
+
+async def _closed_loop(port: int, body: bytes, clients: int, seconds: float) -> int:
+    """Requests answered by ``clients`` back-to-back senders in ``seconds`` (throughput probe)."""
+    loop = asyncio.get_running_loop()
+    client = Client(port)
+    end = loop.time() + seconds
+    count = 0
+
+    async def sender() -> None:
+        nonlocal count
+        while loop.time() < end:
+            try:
+                await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
+                count += 1
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                pass
+
+    await asyncio.gather(*(sender() for _ in range(clients)))
+    client.close()
+    return count
+
+
+def replay(port: int, arrivals: list[float], body: bytes, duration_s: float) -> list[Result]:
+    return asyncio.run(_replay(port, arrivals, body, duration_s + 3 * REQUEST_TIMEOUT_S))
+
+
+def throughput(port: int, body: bytes, clients: int, seconds: float) -> float:
+    return asyncio.run(_closed_loop(port, body, clients, seconds)) / seconds
+
+
+def poisson_trace(rate_per_s: float, duration_s: float, seed: int) -> list[float]:
+    rng, t, times = random.Random(seed), 0.0, []
+    while len(times) < MAX_REQUESTS:
+        t += rng.expovariate(rate_per_s)
+        if t >= duration_s:
+            break
+        times.append(t)
+    return times
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def demo_bundle(epochs: float) -> Path:
+    """runs/demo/adaptive.pt, trained by `pssnet demo` unless it exists."""
+    path = REPO / "runs" / "demo" / "adaptive.pt"
+    if not path.is_file():
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        subprocess.run([sys.executable, "-m", "pssnet", "demo", "--out", str(path.parent), "--epochs", str(epochs)],
+                       env=env, check=True, timeout=3600)
+    return path
+
+
+def request_body(status: dict) -> bytes:
+    """One normalised model input as .npy (the same image for every request)."""
+    x = np.random.default_rng(0).standard_normal(status["input_shape"]).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return buffer.getvalue()
+
+
+def calibrate(bundle: Path, args) -> dict:
+    """Throughputs (req/s) of the largest and smallest with and without burners; the rate and target."""
+    measured = {}
+    for which in ("smallest", "largest"):
+        server = Server(bundle, 1000.0, args.max_batch, ["--fixed", which])
+        try:
+            body = request_body(server.status())
+            clients = 2 * args.max_batch
+            throughput(server.port, body, clients, 1.0)  # warm-up
+            measured[which] = throughput(server.port, body, clients, args.probe_s)
+            burners = Burners(args.burners, args.probe_s + 5)
+            try:
+                time.sleep(0.5)
+                measured[which + "_interference"] = throughput(server.port, body, clients, args.probe_s)
+            finally:
+                burners.stop()
+            if which == "largest":
+                rate = pick_rate(measured["largest"], measured["largest_interference"],
+                                 measured["smallest_interference"], args.load)
+                arrivals = poisson_trace(rate, args.probe_s, args.seed + 1)
+                probe = [r.latency_ms for r in replay(server.port, arrivals, body, args.probe_s)]
+                p95 = float(np.percentile(probe, 95)) if probe else float("inf")
+                measured.update(rate_per_s=rate, probe_p95_ms=p95, target_ms=2.0 * p95)
+        finally:
+            server.stop()
+    measured["largest_overloaded_with_interference"] = measured["rate_per_s"] > measured["largest_interference"]
+    measured["smallest_copes_with_interference"] = measured["rate_per_s"] < 0.85 * measured["smallest_interference"]
+    return measured
+
+
+def pick_rate(throughput_largest: float, largest_interference: float, smallest_interference: float,
+              load: float) -> float:
+    """``load`` of the largest subnet's throughput, moved where needed (and where the machine
+    allows) into the range where the largest is overloaded with interference (> 1.1x its
+    throughput then) and the smallest is not (< 0.8x its throughput then), never above 0.7."""
+    rate = load * throughput_largest
+    low, high = 1.1 * largest_interference, min(0.7 * throughput_largest, 0.8 * smallest_interference)
+    return min(max(rate, low), high) if low <= high else rate
+
+
+def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float], args) -> dict:
+    """Replay ``arrivals`` against one server, burners during the middle third."""
+    server = Server(bundle, setup["target_ms"], args.max_batch, mode)
+    try:
+        status = server.status()
+        body = request_body(status)
+        third = args.duration_s / 3
+        loop_start = time.monotonic()
+        burners_box: list[Burners] = []
+
+        def start_burners() -> None:
+            burners_box.append(Burners(args.burners, third))
+
+        timer = threading.Timer(third, start_burners)
+        timer.start()
+        try:
+            results = replay(server.port, arrivals, body, args.duration_s)
+        finally:
+            timer.cancel()
+            for b in burners_box:
+                b.stop()
+        elapsed = time.monotonic() - loop_start
+        final = server.status()
+    finally:
+        server.stop()
+    accuracy = {s["key"]: s["accuracy"] for s in status["subnets"]}
+    flops = {s["key"]: s["mflops"] for s in status["subnets"]}
+    latencies = [r.latency_ms for r in results] + [float("inf")] * (len(arrivals) - len(results))
+    served = [r for r in results if r.subnet]
+    return {
+        "attainment": sum(lat <= setup["target_ms"] for lat in latencies) / max(1, len(latencies)),
+        "accuracy": statistics.fmean(accuracy[r.subnet] for r in served) if served else float("nan"),
+        "p95_ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
+        "switches": int(final["switches"]),
+        "failed": sum(1 for r in results if not r.subnet) + len(arrivals) - len(results),
+        "elapsed_s": elapsed,
+        "timeline": [(r.start, r.latency_ms, flops.get(r.subnet, float("nan"))) for r in results],
+    }
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def plot(runs: dict, setup: dict, duration_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    colours = {"adaptive": "tab:blue", "largest": "tab:red", "smallest": "tab:green"}
+    for name, run in runs.items():
+        t = [p[0] for p in run["timeline"]]
+        lat = [min(p[1], 1e4) for p in run["timeline"]]
+        ax.scatter(t, lat, s=3, alpha=0.5, color=colours[name], label=f"{name} (p95 {run['p95_ms']:.0f} ms)")
+    ax.axhline(setup["target_ms"], color="black", linestyle="--", label=f"target {setup['target_ms']:.0f} ms")
+    ax.axvspan(duration_s / 3, 2 * duration_s / 3, color="grey", alpha=0.15, label="CPU interference")
+    ax.set_yscale("log")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("request latency (ms)")
+    twin = ax.twinx()
+    adaptive = sorted(runs["adaptive"]["timeline"])
+    twin.step([p[0] for p in adaptive], [p[2] for p in adaptive], where="post", color="tab:purple", linewidth=1,
+              label="adaptive subnet MFLOPs")
+    twin.set_ylabel("adaptive subnet MFLOPs")
+    twin.set_ylim(0, 1.15 * max((p[2] for p in adaptive if p[2] == p[2]), default=1.0))
+    handles = ax.get_legend_handles_labels()
+    twin_handles = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="upper left", fontsize=8,
+              markerscale=3)
+    ax.set_title(f"{setup['rate_per_s']:.0f} requests/s, open loop, same seeded trace for all three servers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], lambda p: (
+        p.add_argument("--bundle", type=Path, help="adaptive.pt (default: the demo's, trained if missing)"),
+        p.add_argument("--seed", type=int, default=0, help="seed of the arrival trace"),
+        p.add_argument("--duration-s", type=float, default=90.0, help="length of each replay (default 90)"),
+        p.add_argument("--probe-s", type=float, default=4.0, help="length of each calibration probe (default 4)"),
+        p.add_argument("--load", type=float, default=0.6,
+                       help="arrival rate as a share of the largest subnet's throughput (default 0.6)"),
+        p.add_argument("--burners", type=int, default=1,
+                       help="CPU burner processes on the server's core during interference (default 1: about 2x)"),
+        p.add_argument("--max-batch", type=int, default=32,
+                       help="--max-batch of the servers (default 32: under overload, bigger batches buy throughput)"),
+        p.add_argument("--demo-epochs", type=float, default=1.5, help="epochs when training the demo bundle"),
+        p.add_argument("--plot", type=Path, default=REPO / "docs" / "slo_timeline.png",
+                       help="timeline PNG (default docs/slo_timeline.png, shown in the README)"),
+    ))
+    bundle = args.bundle or demo_bundle(args.demo_epochs)
+    if CLIENT_CORES:
+        os.sched_setaffinity(0, CLIENT_CORES)
+        print(f"server and burners on core {sorted(SERVER_CORES)}, client on {sorted(CLIENT_CORES)}")
+    setup = calibrate(bundle, args)
+    print(f"calibration: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in setup.items()})}")
+    if not setup["largest_overloaded_with_interference"]:
+        print("warning: with the burners the largest subnet still keeps up with this rate; the interference is "
+              "too weak on this machine (raise --burners or --load)")
+    if not setup["smallest_copes_with_interference"]:
+        print("warning: with the burners even the smallest subnet is near its capacity at this rate; no subnet "
+              "choice can keep the target (lower --burners or --load)")
+    arrivals = poisson_trace(setup["rate_per_s"], args.duration_s, args.seed)
+    runs = {name: run_server(bundle, mode, setup, arrivals, args)
+            for name, mode in (("adaptive", []), ("largest", ["--fixed", "largest"]),
+                               ("smallest", ["--fixed", "smallest"]))}
+    acc = {name: run["accuracy"] for name, run in runs.items()}
+    spread = acc["largest"] - acc["smallest"]
+    recovered = (acc["adaptive"] - acc["smallest"]) / spread if spread > 0 else float("nan")
+    results = {"requests": len(arrivals), "rate_per_s": setup["rate_per_s"], "target_ms": setup["target_ms"],
+               "duration_s": args.duration_s, "burners": args.burners, "seed": args.seed,
+               "accuracy_recovered": recovered}
+    for name, run in runs.items():
+        results.update({f"slo_attainment_{name}": run["attainment"], f"accuracy_{name}": run["accuracy"],
+                        f"p95_ms_{name}": run["p95_ms"], f"switches_{name}": run["switches"],
+                        f"failed_{name}": run["failed"]})
+    results.update({f"calibration_{k}": v for k, v in setup.items() if k not in ("rate_per_s", "target_ms")})
+    plot(runs, setup, args.duration_s, args.plot)
+    rows = [(f"slo_attainment_{n}", f"{runs[n]['attainment']:.3f}", t) for n, t in
+            (("adaptive", ">= 0.95"), ("largest", "<= 0.85"), ("smallest", ""))]
+    rows += [(f"accuracy_{n}", f"{acc[n]:.2f}", "") for n in runs]
+    rows += [("accuracy_recovered", f"{recovered:.2f}", ">= 0.5")]
+    rows += [(f"p95_ms_{n}", f"{runs[n]['p95_ms']:.1f}", f"target {setup['target_ms']:.1f}") for n in runs]
+    rows += [(f"switches_{n}", str(runs[n]["switches"]), "") for n in runs]
+    report(f"adaptive serving, {len(arrivals)} requests at {setup['rate_per_s']:.1f}/s over {args.duration_s:g} s "
+           f"(timeline: {args.plot})", rows, results, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Dynamic batching: requests queue up until ``max_batch`` wait or the oldest has waited
+``max_wait_s``; one consumer (the inference worker) takes them in arrival order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+class Closed(Exception):
+    """The batcher is draining for shutdown and takes no new requests."""
+
+
+@dataclass
+class Job:
+    """One request: its model input, arrival time (clock seconds) and the future of its result."""
+
+    input: Any
+    arrival: float
+    future: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What the consumer sees before a batch: all waiting jobs (oldest first) and the arrival
+    times of jobs that came in since the previous batch."""
+
+    waiting: list[Job]
+    new_arrivals: list[float]
+
+
+class Batcher:
+    """A thread-safe request queue with batch formation for a single consumer."""
+
+    def __init__(self, max_batch: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self._queue: deque[Job] = deque()
+        self._new: list[float] = []
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def submit(self, item: Any, arrival: Optional[float] = None) -> Job:
+        """Queue a request (``arrival`` defaults to now); raises :class:`Closed` while draining."""
+        job = Job(item, self.clock() if arrival is None else arrival)
+        with self._cond:
+            if self._closed:
+                raise Closed("the server is shutting down")
+            self._queue.append(job)
+            self._new.append(job.arrival)
+            self._cond.notify()
+        return job
+
+    def close(self) -> None:
+        """Take no new requests; the consumer still gets every queued one, then None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def next_batch(self) -> Optional[Pending]:
+        """Block until a batch is due (full, or its oldest job waited ``max_wait_s``, or closing);
+        None once closed and empty."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._closed)
+            if not self._queue:
+                return None
+            deadline = self._queue[0].arrival + self.max_wait_s
+            while len(self._queue) < self.max_batch and not self._closed:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            pending = Pending(list(self._queue), self._new)
+            self._new = []
+            return pending
+
+    def take(self, count: int) -> list[Job]:
+        """Remove and return the ``count`` oldest jobs (the start of the last :class:`Pending`)."""
+        with self._cond:
+            return [self._queue.popleft() for _ in range(min(count, len(self._queue)))]

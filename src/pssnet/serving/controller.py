@@ -1,0 +1,287 @@
+"""The latency controller of adaptive serving: which retained subnet runs the next batch.
+
+Pure logic: no threads, no clock of its own (every call gets ``now_ms``), no randomness, so the
+same observations always give the same decisions. A :class:`ServiceModel` predicts the service
+time of a batch per subnet and batch size: a base time (the bundle's prior, replaced by the
+server's start-up measurements) times one shared slow-down factor, an EWMA of observed over
+base time, so that interference seen on one subnet moves the estimates of all. The target
+quantile enters through the recent prediction errors: predictions are stretched by the
+errors' quantile before they are compared with the target.
+
+Before each batch :class:`SloController` picks the most accurate subnet whose predicted
+latency in steady state, at the measured arrival rate, meets ``margin * target``, and whose
+predicted completion of the requests waiting now meets the target. It steps down at once, and
+steps up only after a more accurate subnet has met the stricter ``up_margin`` for
+``up_hold_ms`` and ``up_hold_batches`` in a row.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from ..errors import UserError
+
+# Prior scale without a latency table: ms per MFLOP for one image (a CPU-sized guess; the
+# start-up measurements and the slow-down factor replace it).
+PRIOR_MS_PER_MFLOP = 0.5
+
+
+@dataclass(frozen=True)
+class SubnetProfile:
+    """What the controller knows of a retained subnet before serving."""
+
+    key: str
+    accuracy: float  # held-out accuracy; higher is better
+    cost: float  # prior service time of a batch of one, ms
+    flops: float
+
+
+def subnet_profiles(subnets: Sequence[Any], kinds: Sequence[str] = ()) -> list[SubnetProfile]:
+    """Profiles of retained subnets (``AdaptiveNet.subnets``). The prior is the latency table's
+    prediction when the bundle has ``latency_cpu`` values (``kinds``), else proportional to FLOPs."""
+    use_table = "latency_cpu" in kinds
+    profiles = []
+    for r in subnets:
+        flops = float(r.resources.get("flops", 0.0))
+        cost = float(r.resources["latency_cpu"]) if use_table else flops * PRIOR_MS_PER_MFLOP
+        accuracy = r.holdout_acc if r.holdout_acc is not None else (r.test_acc or 0.0)
+        profiles.append(SubnetProfile(r.key, float(accuracy), max(cost, 1e-6), flops))
+    return profiles
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """The latency objective and the controller's knobs (times in ms)."""
+
+    target_ms: float
+    quantile: float = 0.95
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    margin: float = 0.8  # plan each batch to complete within margin * target
+    up_margin: float = 0.6  # a step up needs predictions within up_margin * target ...
+    up_hold_ms: float = 2000.0  # ... continuously for this long
+    up_hold_batches: int = 10  # ... and for this many batches
+    max_utilisation: float = 0.95  # share of a subnet's capacity the arrival rate may use
+    up_utilisation: float = 0.85  # the same, for stepping up
+    smoothing: float = 0.3  # EWMA weight of one observation in the slow-down factor
+    error_window: int = 64  # batches whose prediction errors give the quantile's stretch
+    rate_window_ms: float = 2000.0  # arrivals counted for the arrival rate
+    batch_shape: float = 4.0  # prior: a batch of b costs like (batch_shape + b) images
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.target_ms > 0, "--slo-ms must be positive"),
+            (0.5 <= self.quantile < 1.0, "--quantile must be in [0.5, 1)"),
+            (self.max_batch >= 1, "--max-batch must be at least 1"),
+            (self.max_wait_ms >= 0, "--max-wait-ms must be non-negative"),
+            (0 < self.up_margin <= self.margin <= 1, "need 0 < up_margin <= margin <= 1"),
+            (0 < self.up_utilisation <= self.max_utilisation <= 1, "need 0 < up_utilisation <= max_utilisation <= 1"),
+            (0 < self.smoothing <= 1, "smoothing must be in (0, 1]"),
+            (self.error_window >= 1 and self.up_hold_batches >= 1, "windows must be at least 1"),
+            (self.rate_window_ms > 0 and self.up_hold_ms >= 0 and self.batch_shape >= 0, "bad window or shape"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"{message} (got {self})")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The subnet and size of the next batch, and the predicted completion (ms) of its oldest request."""
+
+    key: str
+    batch: int
+    predicted_ms: float
+
+
+class ServiceModel:
+    """Predicted service time per subnet and batch size: base time x one shared slow-down factor."""
+
+    def __init__(self, profiles: Sequence[SubnetProfile], config: SloConfig) -> None:
+        self._prior = {p.key: p.cost for p in profiles}
+        self._shape = config.batch_shape
+        self._smoothing = config.smoothing
+        self._quantile = config.quantile
+        self._measured: dict[str, dict[int, float]] = {}
+        self._errors: deque[float] = deque(maxlen=config.error_window)
+        self.slowdown = 1.0
+
+    def prior_ms(self, key: str, batch: int) -> float:
+        return self._prior[key] * (self._shape + batch) / (self._shape + 1)
+
+    def calibrate(self, key: str, batch: int, ms: float) -> None:
+        """Record a measured base time (at start-up, the load the slow-down factor is relative to)."""
+        if key not in self._prior:
+            raise KeyError(f"no subnet {key} in the service model")
+        self._measured.setdefault(key, {})[int(batch)] = float(ms)
+
+    def base_ms(self, key: str, batch: int) -> float:
+        """Service time without slow-down: measured points interpolated in the batch size
+        (beyond them, scaled like the prior); unmeasured subnets: prior x the measured/prior median."""
+        points = self._measured.get(key)
+        if not points:
+            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
+                      for b, ms in sorted(points_k.items())]
+            return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
+        sizes = sorted(points)
+        i = bisect.bisect_left(sizes, batch)
+        if i < len(sizes) and sizes[i] == batch:
+            return points[batch]
+        if 0 < i < len(sizes):
+            lo, hi = sizes[i - 1], sizes[i]
+            return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
+        nearest = sizes[0] if i == 0 else sizes[-1]
+        return points[nearest] * self.prior_ms(key, batch) / self.prior_ms(key, nearest)
+
+    def predict_ms(self, key: str, batch: int) -> float:
+        return self.slowdown * self.base_ms(key, batch)
+
+    def stretch(self) -> float:
+        """The target quantile of recent observed/predicted ratios (at least 1)."""
+        if not self._errors:
+            return 1.0
+        ordered = sorted(self._errors)
+        return max(1.0, ordered[max(0, math.ceil(self._quantile * len(ordered)) - 1)])
+
+    def observe(self, key: str, batch: int, ms: float) -> None:
+        base = self.base_ms(key, batch)
+        self._errors.append(ms / (self.slowdown * base))
+        self.slowdown += self._smoothing * (ms / base - self.slowdown)
+
+
+class SloController:
+    """Picks the subnet of each batch to keep ``quantile`` of latencies within ``target_ms``.
+
+    Call :meth:`note_arrivals` with the arrival times of new requests, :meth:`choose` before each
+    batch with the arrival times of all waiting requests (oldest first), and :meth:`observe`
+    after it. ``fixed`` pins one subnet (the baseline); the model still learns.
+    """
+
+    def __init__(self, profiles: Sequence[SubnetProfile], config: SloConfig, fixed: Optional[str] = None) -> None:
+        if not profiles:
+            raise UserError("no subnets to serve")
+        self.config = config
+        self.ranked = sorted(profiles, key=lambda p: (-p.accuracy, p.cost, p.key))  # most accurate first
+        self._rank = {p.key: i for i, p in enumerate(self.ranked)}
+        if fixed is not None and fixed not in self._rank:
+            raise UserError(f"subnet {fixed} is not retained in the bundle")
+        self.model = ServiceModel(profiles, config)
+        self.fixed = fixed
+        self.current = fixed or self.ranked[0].key
+        self.switches = 0
+        self._arrivals: deque[float] = deque()
+        self._first_arrival: Optional[float] = None
+        self._headroom_since: Optional[float] = None
+        self._headroom_batches = 0
+
+    def profile(self, key: str) -> SubnetProfile:
+        return self.ranked[self._rank[key]]
+
+    # -- arrival rate --------------------------------------------------------
+
+    def note_arrivals(self, times_ms: Sequence[float]) -> None:
+        for t in times_ms:
+            self._arrivals.append(float(t))
+            if self._first_arrival is None:
+                self._first_arrival = float(t)
+
+    def arrival_rate(self, now_ms: float) -> float:
+        """Requests per ms over the last ``rate_window_ms`` (0 before any arrival)."""
+        start = now_ms - self.config.rate_window_ms
+        while self._arrivals and self._arrivals[0] < start:
+            self._arrivals.popleft()
+        if self._first_arrival is None:
+            return 0.0
+        span = now_ms - max(start, self._first_arrival)
+        return len(self._arrivals) / max(span, self.config.rate_window_ms / 20)
+
+    # -- prediction ----------------------------------------------------------
+
+    def completion_ms(self, key: str, now_ms: float, waiting_ms: Sequence[float]) -> float:
+        """Predicted arrival-to-completion time of the worst waiting request, served in FIFO batches."""
+        batch, elapsed, worst = self.config.max_batch, 0.0, 0.0
+        for start in range(0, len(waiting_ms), batch):
+            elapsed += self.model.predict_ms(key, min(batch, len(waiting_ms) - start))
+            worst = max(worst, now_ms - waiting_ms[start] + elapsed)
+        return worst
+
+    def steady_ms(self, key: str, rate: float, utilisation: float) -> float:
+        """Predicted latency in steady state at ``rate`` (per ms); inf if it would use more than
+        ``utilisation`` of the subnet's capacity. The batch is the smallest that keeps up."""
+        if rate <= 0:
+            return 0.0
+        cfg, predict = self.config, self.model.predict_ms
+        if rate * predict(key, cfg.max_batch) > utilisation * cfg.max_batch:
+            return math.inf
+        size = next(b for b in range(1, cfg.max_batch + 1) if rate * predict(key, b) <= b)
+        return max(cfg.max_wait_ms, predict(key, size)) + predict(key, size)
+
+    def _fits(self, key: str, now_ms: float, waiting_ms: Sequence[float], rate: float, up: bool) -> bool:
+        """Whether ``key`` keeps the target: in steady state within the margin (``up_margin`` and
+        ``up_utilisation`` for a step up) with the quantile's stretch, and for the requests waiting
+        now (the oldest one's predicted completion) within the target itself (``margin`` for a
+        step up): a backlog that would miss it steps down at once, an ordinary burst neither
+        steps down nor resets the wait before a step up."""
+        cfg = self.config
+        stretch = self.model.stretch()
+        margin = cfg.up_margin if up else cfg.margin
+        steady = self.steady_ms(key, rate, cfg.up_utilisation if up else cfg.max_utilisation)
+        backlog = self.completion_ms(key, now_ms, waiting_ms)
+        return (steady * stretch <= margin * cfg.target_ms
+                and backlog <= (cfg.margin if up else 1.0) * cfg.target_ms)
+
+    # -- decisions -----------------------------------------------------------
+
+    def choose(self, now_ms: float, waiting_ms: Sequence[float]) -> Decision:
+        """The subnet for the next batch (the first ``max_batch`` of ``waiting_ms``, oldest first)."""
+        if not waiting_ms:
+            raise ValueError("choose() needs at least one waiting request")
+        batch = min(self.config.max_batch, len(waiting_ms))
+        if self.fixed is None:
+            self._step(now_ms, waiting_ms)
+        return Decision(self.current, batch, self.completion_ms(self.current, now_ms, waiting_ms[:batch]))
+
+    def _step(self, now_ms: float, waiting_ms: Sequence[float]) -> None:
+        rate = self.arrival_rate(now_ms)
+        here = self._rank[self.current]
+        if not self._fits(self.current, now_ms, waiting_ms, rate, up=False):
+            # Step down (never up: that takes the wait below): the most accurate less accurate
+            # subnet that fits, else the one that drains the waiting requests soonest.
+            below = self.ranked[here + 1:]
+            fitting = [p.key for p in below if self._fits(p.key, now_ms, waiting_ms, rate, up=False)]
+            fastest = min(self.ranked[here:], key=lambda p: self.completion_ms(p.key, now_ms, waiting_ms)).key
+            self._switch(fitting[0] if fitting else fastest)
+            return
+        better = [p.key for p in self.ranked[:here] if self._fits(p.key, now_ms, waiting_ms, rate, up=True)]
+        if not better:
+            self._headroom_since, self._headroom_batches = None, 0
+            return
+        if self._headroom_since is None:
+            self._headroom_since = now_ms
+        self._headroom_batches += 1
+        if (now_ms - self._headroom_since >= self.config.up_hold_ms
+                and self._headroom_batches >= self.config.up_hold_batches):
+            self._switch(better[0])
+
+    def _switch(self, key: str) -> None:
+        self._headroom_since, self._headroom_batches = None, 0
+        if key != self.current:
+            self.current = key
+            self.switches += 1
+
+    def observe(self, key: str, batch: int, service_ms: float) -> None:
+        """A batch of ``batch`` requests on ``key`` took ``service_ms``."""
+        self.model.observe(key, batch, service_ms)
+
+    def calibrate(self, key: str, batch: int, ms: float) -> None:
+        self.model.calibrate(key, batch, ms)
+
+    def status(self, now_ms: float) -> Mapping[str, Any]:
+        return {"subnet": self.current, "fixed": self.fixed is not None, "slowdown": self.model.slowdown,
+                "stretch": self.model.stretch(), "arrival_rate_per_s": 1e3 * self.arrival_rate(now_ms),
+                "switches": self.switches}

@@ -1,0 +1,61 @@
+"""What the server reports about itself: Prometheus metrics on a per-server registry, and a
+window of recent request latencies for ``/status``."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class ServingMetrics:
+    """Request latency histogram, SLO misses, switches, current subnet's FLOPs and batch sizes."""
+
+    def __init__(self, target_ms: float, max_batch: int, window: int = 2000) -> None:
+        self.target_ms = target_ms
+        self.registry = CollectorRegistry()  # per server: several servers may share a process (tests)
+        r = self.registry
+        self.latency = Histogram("pssnet_request_latency_seconds", "Arrival to response of /predict requests",
+                                 buckets=LATENCY_BUCKETS_S, registry=r)
+        self.slo_misses = Counter("pssnet_slo_misses", "Requests answered later than the latency target",
+                                  registry=r)
+        self.rejected = Counter("pssnet_rejected_requests", "Requests refused with a 4xx status", ["status"],
+                                registry=r)
+        self.switches = Counter("pssnet_subnet_switches", "Changes of the serving subnet", registry=r)
+        self.subnet_flops = Gauge("pssnet_current_subnet_mflops", "MFLOPs of the subnet serving now", registry=r)
+        self.slowdown = Gauge("pssnet_slowdown_factor", "Observed over base service time (EWMA)", registry=r)
+        self.batch_size = Histogram("pssnet_batch_size", "Requests per inference batch",
+                                    buckets=tuple(sorted({1, 2, 4, 8, 16, 32, 64, max_batch})), registry=r)
+        self.target = Gauge("pssnet_latency_target_seconds", "The latency target", registry=r)
+        self.target.set(target_ms / 1e3)
+        self._recent: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def record_request(self, latency_ms: float) -> None:
+        self.latency.observe(latency_ms / 1e3)
+        if latency_ms > self.target_ms:
+            self.slo_misses.inc()
+        with self._lock:
+            self._recent.append(latency_ms)
+
+    def record_batch(self, size: int, switched: bool, flops: float, slowdown: float) -> None:
+        self.batch_size.observe(size)
+        if switched:
+            self.switches.inc()
+        self.subnet_flops.set(flops)
+        self.slowdown.set(slowdown)
+
+    def recent_percentile(self, q: float) -> Optional[float]:
+        """The ``q`` quantile (0..1) of the recent request latencies in ms (None before any)."""
+        with self._lock:
+            ordered = sorted(self._recent)
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,111 @@
+"""One serving process's parts, assembled from a bundle: preprocessing, controller, batcher,
+inference worker and metrics, with start (calibrate, then serve) and drain."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..deploy import AdaptiveNet
+from ..errors import UserError
+from .batcher import Batcher, Job
+from .controller import SloConfig, SloController, subnet_profiles
+from .metrics import ServingMetrics
+from .preprocess import Preprocessing, bundle_preprocessing_entry, preprocessing_for
+from .worker import InferenceWorker
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``pssnet serve`` was asked for."""
+
+    bundle: Union[str, os.PathLike]
+    slo: SloConfig
+    host: str = "127.0.0.1"
+    port: int = 8000
+    fixed: Optional[str] = None  # "largest", "smallest" or a retained subnet's key
+    threads: Optional[int] = None
+    top_k: int = 5
+    calibration_repeats: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535, got {self.port}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.top_k < 1 or self.calibration_repeats < 1:
+            raise UserError("top_k and calibration_repeats must be at least 1")
+
+
+def resolve_fixed(adaptive: AdaptiveNet, fixed: Optional[str]) -> Optional[str]:
+    """The key that ``--fixed largest|smallest|KEY`` pins (largest/smallest by FLOPs)."""
+    if fixed is None:
+        return None
+    by_flops = sorted(adaptive.subnets, key=lambda r: (r.resources.get("flops", 0.0), r.key))
+    if fixed == "largest":
+        return by_flops[-1].key
+    if fixed == "smallest":
+        return by_flops[0].key
+    return adaptive.find(fixed).key
+
+
+class ServingService:
+    """The serving process without its HTTP layer."""
+
+    def __init__(self, config: ServeConfig, clock=time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        if config.threads:
+            torch.set_num_threads(config.threads)  # the process serves this bundle only
+        self.adaptive = AdaptiveNet.load(config.bundle)
+        entry = self.adaptive.info.get("preprocessing") or bundle_preprocessing_entry(config.bundle)
+        self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, entry)
+        profiles = subnet_profiles(self.adaptive.subnets, self.adaptive.kinds)
+        self.controller = SloController(profiles, config.slo, resolve_fixed(self.adaptive, config.fixed))
+        slo = config.slo
+        self.batcher = Batcher(slo.max_batch, slo.max_wait_ms / 1e3, clock)
+        self.metrics = ServingMetrics(slo.target_ms, slo.max_batch)
+        self.worker = InferenceWorker(self.adaptive, self.controller, self.batcher, self.metrics, clock)
+        self.calibration: dict[str, dict] = {}
+        self.started = False
+
+    def start(self) -> None:
+        """Measure every subnet's base service times, then start the inference worker."""
+        p = self.preprocessing
+        example = torch.zeros(1, p.in_chans, p.image_size, p.image_size)
+        sizes = sorted({1, max(1, self.config.slo.max_batch // 2), self.config.slo.max_batch})
+        self.calibration = self.worker.calibrate(example, sizes, self.config.calibration_repeats)
+        self.metrics.subnet_flops.set(self.controller.profile(self.controller.current).flops)
+        self.worker.start()
+        self.started = True
+
+    def submit(self, x: torch.Tensor, arrival: float) -> Job:
+        return self.batcher.submit(x, arrival)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Take no new requests, answer the queued ones, stop the worker."""
+        self.batcher.close()
+        if self.started:
+            self.worker.join(timeout_s)
+
+    def status(self) -> Mapping[str, Any]:
+        status = dict(self.worker.status())
+        slo = self.config.slo
+        current = self.controller.profile(status["subnet"])
+        status.update({
+            "subnet_mflops": current.flops, "subnet_accuracy": current.accuracy,
+            "target_ms": slo.target_ms, "quantile": slo.quantile,
+            "p50_ms": self.metrics.recent_percentile(0.5), "p95_ms": self.metrics.recent_percentile(0.95),
+            "queued": len(self.batcher), "max_batch": slo.max_batch, "max_wait_ms": slo.max_wait_ms,
+            "subnets": [{"key": p.key, "accuracy": p.accuracy, "mflops": p.flops,
+                         "base_ms": {str(b): ms for b, ms in self.calibration.get(p.key, {}).items()}}
+                        for p in self.controller.ranked],
+            "input": self.preprocessing.describe(),
+            "input_shape": [self.preprocessing.in_chans, self.preprocessing.image_size, self.preprocessing.image_size],
+        })
+        return status
+

@@ -1,0 +1,112 @@
+"""The one inference worker: a thread that takes batches from the :class:`Batcher`, lets the
+:class:`SloController` pick the subnet, runs :class:`~pssnet.deploy.AdaptiveNet` and answers
+each request's future."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..deploy import AdaptiveNet
+from .batcher import Batcher, Job
+from .controller import SloController
+from .metrics import ServingMetrics
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one request: class probabilities, serving subnet and its times (ms)."""
+
+    probabilities: list[float]
+    subnet: str
+    queue_ms: float
+    inference_ms: float
+
+
+class InferenceWorker:
+    """Runs batches on one thread. The controller is touched only under ``lock``."""
+
+    def __init__(self, adaptive: AdaptiveNet, controller: SloController, batcher: Batcher,
+                 metrics: ServingMetrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.adaptive = adaptive
+        self.controller = controller
+        self.batcher = batcher
+        self.metrics = metrics
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._by_key = {r.key: r for r in adaptive.subnets}
+        self._thread = threading.Thread(target=self._loop, name="pssnet-inference", daemon=True)
+
+    # -- start-up ------------------------------------------------------------
+
+    def calibrate(self, example: torch.Tensor, batch_sizes: Sequence[int], repeats: int = 5) -> dict[str, dict]:
+        """Measure each subnet's service time at ``batch_sizes`` (the fastest of ``repeats`` after
+        one warm-up call: steadier than the median where other load comes and goes) as the
+        controller's base times; returns ``{key: {batch: ms}}``."""
+        table: dict[str, dict] = {}
+        with torch.inference_mode():
+            for key, retained in self._by_key.items():
+                self.adaptive.switch_to(retained)
+                for size in sorted(set(batch_sizes)):
+                    x = example[:1].expand(size, *example.shape[1:]).contiguous()
+                    times = []
+                    for _ in range(repeats + 1):
+                        t0 = self.clock()
+                        self.adaptive(x)
+                        times.append(1e3 * (self.clock() - t0))
+                    ms = min(times[1:])
+                    self.controller.calibrate(key, size, ms)
+                    table.setdefault(key, {})[size] = ms
+        self.adaptive.switch_to(self._by_key[self.controller.current])
+        return table
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def status(self) -> Mapping[str, Any]:
+        with self.lock:
+            return dict(self.controller.status(1e3 * self.clock()))
+
+    # -- serving -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while (pending := self.batcher.next_batch()) is not None:
+            with self.lock:
+                now = 1e3 * self.clock()
+                self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals])
+                decision = self.controller.choose(now, [1e3 * job.arrival for job in pending.waiting])
+            self._run(self.batcher.take(decision.batch), decision.key)
+
+    def _run(self, jobs: list[Job], key: str) -> None:
+        # Requests whose client went away (future cancelled) are dropped; the rest can no longer be cancelled.
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        retained = self._by_key[key]
+        switched = self.adaptive.current is not retained
+        if switched:
+            self.adaptive.switch_to(retained)
+        try:
+            x = torch.stack([job.input for job in jobs])
+            start = self.clock()
+            with torch.inference_mode():
+                probabilities = torch.softmax(self.adaptive(x).float(), dim=1)
+            done = self.clock()
+        except Exception as exc:  # a failed batch fails its requests, not the server
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        service_ms = 1e3 * (done - start)
+        with self.lock:
+            self.controller.observe(key, len(jobs), service_ms)
+            slowdown = self.controller.model.slowdown
+        self.metrics.record_batch(len(jobs), switched, retained.resources.get("flops", 0.0), slowdown)
+        for job, row in zip(jobs, probabilities.tolist()):
+            job.future.set_result(Prediction(row, key, 1e3 * (start - job.arrival), service_ms))

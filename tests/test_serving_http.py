@@ -1,0 +1,348 @@
+"""``pssnet serve`` through real HTTP on 127.0.0.1: a server subprocess on a tiny bundle."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pssnet.data.datasets import normalisation
+from pssnet.deploy import AdaptiveNet, make_bundle, save_bundle
+from pssnet.evaluation import EvalConfig, evaluate_run
+from test_deploy_fixtures import IMAGE_SIZE, tiny_data, tiny_run
+
+pytest.importorskip("fastapi", reason="the serve extra is installed by make test")  # noqa: the extra is required
+PIL = pytest.importorskip("PIL.Image")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CONFIG = EvalConfig(top_k=2, calib_batches=2, holdout=40, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory):
+    """A tiny evaluated bundle whose data spec names Fashion-MNIST (its normalisation)."""
+    run = tiny_run(data="fashion-mnist-mini")
+    result, evaluator = evaluate_run(run, tiny_data(), CONFIG)
+    path = tmp_path_factory.mktemp("serve") / "adaptive.pt"
+    save_bundle(make_bundle(run, result, evaluator.stats, IMAGE_SIZE), path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m pssnet serve`` in a subprocess, with helpers for HTTP calls."""
+
+    def __init__(self, bundle: Path, *args: str) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pssnet", "serve", str(bundle), "--port", str(self.port),
+                                      "--threads", "1", "--max-batch", "4", "--max-wait-ms", "2", *args],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("server did not come up within 60 s")
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, response.headers.get("content-type", ""), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("content-type", ""), error.read()
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def predict(self, body: bytes, content_type: str | None):
+        status, ctype, data = self.request("POST", "/predict", body, content_type)
+        return status, json.loads(data)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server(bundle_path):
+    srv = Server(bundle_path, "--slo-ms", "200")
+    yield srv
+    srv.stop()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def reference_probabilities(bundle_path: Path, key: str, x: torch.Tensor) -> torch.Tensor:
+    """AdaptiveNet's own output for one input on the subnet that served it (independent of the server)."""
+    net = AdaptiveNet.load(bundle_path)
+    net.switch_to(net.find(key))
+    with torch.no_grad():
+        return torch.softmax(net(x[None]), dim=1)[0]
+
+
+def served_probabilities(answer: dict) -> dict[str, float]:
+    return {entry["class"]: entry["probability"] for entry in answer["top"]}
+
+
+def test_npy_prediction_equals_adaptive_net_on_the_serving_subnet(server, bundle_path):
+    x = torch.randn(1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    status, answer = server.predict(npy_bytes(x.numpy()), "application/x-npy")
+    assert status == 200
+    assert set(answer) == {"top", "subnet", "queue_ms", "inference_ms"}
+    assert answer["queue_ms"] >= 0 and answer["inference_ms"] > 0
+    expected = reference_probabilities(bundle_path, answer["subnet"], x)
+    served = served_probabilities(answer)
+    assert len(served) == 4  # 4 classes, names are indices (Fashion-MNIST's 10 names do not fit)
+    for cls, p in served.items():
+        assert p == pytest.approx(float(expected[int(cls)]), abs=1e-5)
+    probabilities = [e["probability"] for e in answer["top"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_png_is_normalised_like_the_training_data(server, bundle_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    status, answer = server.predict(png_bytes(pixels), "image/png")
+    assert status == 200
+    (mean,), (std,) = normalisation("fashion-mnist")
+    x = (torch.from_numpy(pixels).float()[None] / 255 - mean) / std
+    expected = reference_probabilities(bundle_path, answer["subnet"], x)
+    for cls, p in served_probabilities(answer).items():
+        assert p == pytest.approx(float(expected[int(cls)]), abs=1e-5)
+    # the same pixels as uint8 .npy, and sniffed without a content type, give the same answer
+    status, again = server.predict(npy_bytes(pixels), "application/octet-stream")
+    assert status == 200 and served_probabilities(again) == pytest.approx(served_probabilities(answer), abs=1e-6)
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server):
+    x = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    results = []
+
+    def call():
+        results.append(server.predict(npy_bytes(x), "application/x-npy")[0])
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 12
+
+
+def png_bomb() -> bytes:
+    """A PNG whose header claims 100000 x 100000 pixels (10 G) in a few hundred bytes: the pixel
+    cap must refuse it from the header, before any decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 100_001 * 4, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("body, content_type, status", [
+    (b"", "image/png", 400),
+    (b"this is not an image", "image/png", 400),
+    (b"this is not an image", "application/octet-stream", 400),
+    (b"\x93NUMPY garbage", "application/x-npy", 400),
+    ("float-wrong-shape", "application/x-npy", 400),
+    ("int64-array", "application/x-npy", 400),
+    ("pickled-object-array", "application/x-npy", 400),
+    (b"x=1", "application/x-www-form-urlencoded", 415),
+    (b"{}", "application/json", 415),
+    ("bomb", "image/png", 413),
+    ("huge-image", "image/png", 413),
+])
+def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, body, content_type, status):
+    bodies = {
+        "float-wrong-shape": lambda: npy_bytes(np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)),
+        "int64-array": lambda: npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.int64)),
+        "pickled-object-array": lambda: npy_bytes(np.array([{"a": 1}], dtype=object)),
+        "bomb": png_bomb,
+        "huge-image": lambda: png_bytes(np.zeros((4200, 4200), dtype=np.uint8)),
+    }
+    if isinstance(body, str):
+        body = bodies[body]()
+    got, answer = server.predict(body, content_type)
+    assert got == status and isinstance(answer["error"], str) and answer["error"]
+    ok, _ = server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)), "application/x-npy")
+    assert ok == 200
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n\x93NUMPY")
+        response = b""
+        while not response.endswith(b"}") and (chunk := conn.recv(65536)):
+            response += chunk
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"over the limit" in payload
+    ok, _ = server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)), "application/x-npy")
+    assert ok == 200
+
+
+def test_status_metrics_and_healthz(server):
+    server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)), "application/x-npy")
+    status, ctype, body = server.get("/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, ctype, body = server.get("/status")
+    info = json.loads(body)
+    assert status == 200 and info["target_ms"] == 200 and info["quantile"] == 0.95
+    assert info["subnet"] in {s["key"] for s in info["subnets"]}
+    assert info["slowdown"] > 0 and info["switches"] >= 0 and info["p95_ms"] >= info["p50_ms"] > 0
+    assert all(set(s["base_ms"]) == {"1", "2", "4"} for s in info["subnets"])  # calibrated at start-up
+    status, ctype, body = server.get("/metrics")
+    text = body.decode()
+    assert status == 200 and ctype.startswith("text/plain")
+    for name in ("pssnet_request_latency_seconds_bucket", "pssnet_slo_misses_total", "pssnet_subnet_switches_total",
+                 "pssnet_current_subnet_mflops", 'pssnet_rejected_requests_total{status="415"}'):
+        assert name in text
+    count = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("pssnet_request_latency_seconds_count"))
+    assert count >= 1
+    flops = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("pssnet_current_subnet_mflops"))
+    assert flops == pytest.approx(info["subnet_mflops"])
+
+
+def test_fixed_smallest_and_sigterm_drains_the_request_in_flight(bundle_path):
+    net = AdaptiveNet.load(bundle_path)
+    smallest = min(net.subnets, key=lambda r: r.resources["flops"]).key
+    server = Server(bundle_path, "--slo-ms", "100", "--fixed", "smallest")
+    try:
+        body = npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+        status, answer = server.predict(body, "application/x-npy")
+        assert status == 200 and answer["subnet"] == smallest
+        # a request whose body is still arriving when SIGTERM comes must be answered
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            time.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert server.proc.poll() is None  # still draining
+            conn.sendall(body[100:])
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        head, _, payload = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(payload)["subnet"] == smallest
+        code = server.proc.wait(timeout=30)
+    finally:
+        code = server.stop()
+    assert code == 0
+
+
+def test_cli_errors_are_one_line(bundle_path, tmp_path, capsys):
+    from pssnet.cli import main
+
+    for args, needle in ([str(tmp_path / "missing.pt"), "--slo-ms", "50"], "does not exist"), \
+                        ([str(bundle_path), "--slo-ms", "-1"], "--slo-ms must be positive"), \
+                        ([str(bundle_path), "--slo-ms", "50", "--fixed", "r99-nope"], "not retained"):
+        assert main(["serve", *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_missing_serve_extra_names_the_install_command(bundle_path, monkeypatch, capsys):
+    from pssnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
+    assert main(["serve", str(bundle_path), "--slo-ms", "50"]) == 2
+    assert "pip install 'pssnet[serve]'" in capsys.readouterr().err
+
+
+def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
+    from pssnet.serving.preprocess import RequestError, preprocessing_for
+
+    info = {"model_config": {"in_chans": 3, "num_classes": 10, "resolutions": (24, 32, 4)}, "data": "cifar10:/x",
+            "image_size": 32}
+    derived = preprocessing_for(info)
+    assert derived.class_names[0] == "airplane" and derived.mean == normalisation("cifar10")[0]
+    entry = {"in_chans": 3, "image_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+             "class_names": [f"c{i}" for i in range(10)]}
+    prep = preprocessing_for(info, entry)
+    assert prep.image_size == 16 and prep.class_names[3] == "c3" and prep.crop_ratio is None
+    buffer = io.BytesIO()
+    PIL.fromarray(np.full((40, 30, 3), 191, dtype=np.uint8)).save(buffer, format="JPEG", quality=100)
+    x = prep.decode(buffer.getvalue(), "image/jpeg")
+    assert x.shape == (3, 16, 16)
+    assert torch.allclose(x, torch.full_like(x, (191 / 255 - 0.5) / 0.25), atol=0.05)  # JPEG is lossy
+    with pytest.raises(RequestError) as error:  # a PNG declared as JPEG
+        prep.decode(png_bytes(np.zeros((4, 4), dtype=np.uint8)), "image/jpeg")
+    assert error.value.status == 400
+
+
+def test_the_worker_batches_in_arrival_order_and_survives_abandoned_requests(bundle_path):
+    from pssnet.serving.batcher import Batcher
+    from pssnet.serving.controller import SloConfig, SloController, subnet_profiles
+    from pssnet.serving.metrics import ServingMetrics
+    from pssnet.serving.worker import InferenceWorker
+
+    net = AdaptiveNet.load(bundle_path)
+    config = SloConfig(target_ms=1000, max_batch=4, max_wait_ms=200)
+    batcher = Batcher(config.max_batch, config.max_wait_ms / 1e3)
+    worker = InferenceWorker(net, SloController(subnet_profiles(net.subnets, net.kinds), config), batcher,
+                             ServingMetrics(config.target_ms, config.max_batch))
+    worker.start()
+    inputs = torch.randn(6, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    jobs = [batcher.submit(x) for x in inputs]
+    jobs[1].future.cancel()  # its client went away before the batch ran
+    answers = [job.future.result(timeout=30) for i, job in enumerate(jobs) if i != 1]
+    batcher.close()
+    worker.join(30)
+    assert not worker._thread.is_alive() and jobs[1].future.cancelled()
+    reference = AdaptiveNet.load(bundle_path)  # the untimed first batch may make the controller switch
+    for i, answer in zip([0, 2, 3, 4, 5], answers):
+        reference.switch_to(reference.find(answer.subnet))
+        with torch.no_grad():
+            expected = torch.softmax(reference(inputs[i:i + 1]), dim=1)[0]
+        assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
+    assert len({a.inference_ms for a in answers[:3]}) == 1  # the first four (one dropped) ran as one batch
+    assert answers[3].inference_ms != answers[0].inference_ms
