@@ -65,6 +65,12 @@ def tmpfs(tmp_path):
 
 @pytest.mark.parametrize("argv, flag", [
     (["adapt", "b.pt", "--threads", "-1"], "--threads"),
+    (["serve", "b.pt", "--slo-ms", "-1"], "--slo-ms"),
+    (["serve", "b.pt", "--slo-ms", "10", "--quantile", "1.5"], "--quantile"),
+    (["serve", "b.pt", "--slo-ms", "10", "--port", "70000"], "--port"),
+    (["serve", "b.pt", "--slo-ms", "10", "--max-batch", "0"], "--max-batch"),
+    (["serve", "b.pt", "--slo-ms", "10", "--max-wait-ms", "nan"], "--max-wait-ms"),
+    (["serve", "b.pt", "--slo-ms", "10", "--threads", "0"], "--threads"),
     (["adapt", "b.pt", "--batch", "0"], "--batch"),
     (["eval", "run", "--top-k", "0"], "--top-k"),
     (["eval", "run", "--calib-batches", "-1"], "--calib-batches"),

@@ -24,8 +24,8 @@ from pssnet.deploy import AdaptiveNet, make_bundle, save_bundle
 from pssnet.evaluation import EvalConfig, evaluate_run
 from test_deploy_fixtures import IMAGE_SIZE, tiny_data, tiny_run
 
-pytest.importorskip("fastapi", reason="the serve extra is installed by make test")  # noqa: the extra is required
-PIL = pytest.importorskip("PIL.Image")
+import fastapi  # noqa: F401  (the serve extra, installed by make test: its absence must fail, not skip)
+import PIL.Image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CONFIG = EvalConfig(top_k=2, calib_batches=2, holdout=40, batch_size=16, progress=False)
@@ -104,7 +104,7 @@ def server(bundle_path):
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    PIL.fromarray(pixels).save(buffer, format="PNG")
+    PIL.Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -298,6 +298,26 @@ def test_a_missing_serve_extra_names_the_install_command(bundle_path, monkeypatc
     assert "pip install 'pssnet[serve]'" in capsys.readouterr().err
 
 
+def test_the_bundle_carries_its_preprocessing_and_a_bad_entry_is_refused():
+    from pssnet.data import load_data
+    from pssnet.data.bundle import preprocessing_record
+    from pssnet.errors import UserError
+    from pssnet.serving.preprocess import preprocessing_for
+
+    shipped = load_data("fashion-mnist-mini").preprocessing
+    assert shipped["class_names"][9] == "Ankle boot" and shipped["mean"] == list(normalisation("fashion-mnist")[0])
+    run = tiny_run(data="fashion-mnist-mini")
+    result, evaluator = evaluate_run(run, tiny_data(), CONFIG)
+    record = preprocessing_record(1, IMAGE_SIZE, [0.5], [0.25], ["a", "b", "c", "d"])
+    bundle = make_bundle(run, result, evaluator.stats, IMAGE_SIZE, record)
+    net = AdaptiveNet.from_bundle(bundle)
+    prep = preprocessing_for(net.info, net.info["preprocessing"])
+    assert prep.class_names == ("a", "b", "c", "d") and prep.mean == (0.5,) and prep.std == (0.25,)
+    for bad in ({"std": [0.0]}, {"class_names": ["a"]}, {"mean": [0.1, 0.2]}, {"crop_ratio": 2.0}):
+        with pytest.raises(UserError, match="preprocessing"):
+            AdaptiveNet.from_bundle({**bundle, "preprocessing": {**record, **bad}})
+
+
 def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
     from pssnet.serving.preprocess import RequestError, preprocessing_for
 
@@ -310,7 +330,7 @@ def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
     prep = preprocessing_for(info, entry)
     assert prep.image_size == 16 and prep.class_names[3] == "c3" and prep.crop_ratio is None
     buffer = io.BytesIO()
-    PIL.fromarray(np.full((40, 30, 3), 191, dtype=np.uint8)).save(buffer, format="JPEG", quality=100)
+    PIL.Image.fromarray(np.full((40, 30, 3), 191, dtype=np.uint8)).save(buffer, format="JPEG", quality=100)
     x = prep.decode(buffer.getvalue(), "image/jpeg")
     assert x.shape == (3, 16, 16)
     assert torch.allclose(x, torch.full_like(x, (191 / 255 - 0.5) / 0.25), atol=0.05)  # JPEG is lossy

@@ -6,6 +6,7 @@ import argparse
 import signal
 
 from ..errors import UserError
+from .args import float_in, int_in, non_negative_float, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,15 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "/predict (a PNG/JPEG image or .npy array), GET /status, GET /metrics (Prometheus), GET /healthz. "
                     "SIGTERM answers the requests in flight, then exits 0. Needs pip install 'pssnet[serve]'.")
     p.add_argument("bundle", metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
-    p.add_argument("--slo-ms", type=float, required=True, help="latency target in milliseconds")
-    p.add_argument("--quantile", type=float, default=0.95, help="share of requests within the target (default 0.95)")
+    p.add_argument("--slo-ms", type=positive_float, required=True, help="latency target in milliseconds")
+    p.add_argument("--quantile", type=float_in(0.0, 1.0, low_open=True, what="a number in (0, 1]"), default=0.95, help="share of requests within the target (default 0.95)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-batch", type=int, default=8, help="most requests per inference batch (default 8)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--port", type=int_in(0, 65535, what="a port number from 0 to 65535"), default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="most requests per inference batch (default 8)")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="longest a request waits for others to fill its batch (default 5)")
     p.add_argument("--fixed", metavar="largest|smallest|KEY", help="pin one subnet (the baseline) instead of adapting")
-    p.add_argument("--threads", type=int, help="torch CPU threads for inference (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads for inference (default: torch's)")
     p.set_defaults(func=run)
 
 

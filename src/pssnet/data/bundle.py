@@ -3,8 +3,8 @@ every bundle's labels and splits pass before training starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,7 +18,11 @@ class DataBundle:
     """The splits of one dataset. ``train_eval`` holds the training images without augmentation.
 
     ``description`` says in one line what was chosen (image size and how it was found,
-    augmentation), for the trainer to print."""
+    augmentation), for the trainer to print. ``preprocessing`` is what a deployed model needs to
+    turn an image into an input as evaluation does (plain data, stored in bundles):
+    ``{"in_chans", "image_size", "mean", "std", "class_names", "crop_ratio"}``, where a
+    ``crop_ratio`` r means: resize the shorter side to ``image_size / r``, then centre-crop
+    (None: resize to ``image_size`` square)."""
 
     name: str
     num_classes: int
@@ -28,6 +32,15 @@ class DataBundle:
     train_eval: Dataset
     test: Dataset
     description: str = ""
+    preprocessing: dict = field(default_factory=dict)
+
+
+def preprocessing_record(in_chans: int, image_size: int, mean, std, class_names,
+                         crop_ratio: Optional[float] = None) -> dict:
+    """The plain-data ``DataBundle.preprocessing`` entry."""
+    return {"in_chans": int(in_chans), "image_size": int(image_size), "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "class_names": [str(n) for n in class_names],
+            "crop_ratio": None if crop_ratio is None else float(crop_ratio)}
 
 
 class ArrayImageDataset(Dataset):

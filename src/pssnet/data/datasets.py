@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .bundle import ArrayImageDataset, DataBundle, check_split
+from .bundle import ArrayImageDataset, DataBundle, check_split, preprocessing_record
 from .folders import folder_bundle
 from .idx import read_idx_split
 from .transforms import small_image_transform
@@ -75,7 +75,9 @@ def _array_bundle(name: str, num_classes: int, train: tuple[np.ndarray, np.ndarr
     return DataBundle(name, num_classes, in_chans, size,
                       ArrayImageDataset(*train, train_tf), ArrayImageDataset(*train, eval_tf),
                       ArrayImageDataset(*test, eval_tf),
-                      f"{name}: {size} px images, {augmentation} augmentation, evaluation at {size} px")
+                      f"{name}: {size} px images, {augmentation} augmentation, evaluation at {size} px",
+                      preprocessing_record(in_chans, size, mean, std,
+                                           class_names(name) or [str(i) for i in range(num_classes)]))
 
 
 def _idx_bundle(name: str, root: pathlib.Path) -> DataBundle:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
-from .bundle import DataBundle
+from .bundle import DataBundle, preprocessing_record
 from .transforms import (EVAL_CROP_FRACTION, IMAGENET_MEAN_STD, imagenet_eval_transform, imagenet_train_transform,
                          small_image_padding, small_image_transform)
 
@@ -117,5 +117,8 @@ def folder_bundle(root: pathlib.Path, image_size: Optional[int] = None) -> DataB
     train.transform, eval_tf = _transforms(size)
     train_eval = copy.copy(train)  # shares the scanned file list
     train_eval.transform = test.transform = eval_tf
+    # Evaluation resizes the shorter side (to size, or size / 0.875 for ImageNet-style images) and crops.
+    crop = 1.0 if size <= SMALL_IMAGE_MAX else EVAL_CROP_FRACTION
     return DataBundle("folder", len(train.classes), 3, size, train, train_eval, test,
-                      _describe(size, native, looked_at, image_size is not None))
+                      _describe(size, native, looked_at, image_size is not None),
+                      preprocessing_record(3, size, *IMAGENET_MEAN_STD, train.classes, crop))

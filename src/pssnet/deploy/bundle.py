@@ -26,7 +26,7 @@ from ..supernet import Supernet, create_supernet, layout_and_space
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 BnStats = Mapping[str, Mapping[str, torch.Tensor]]  # {bn_name: {"mean"/"var": [slots, channels]}}
-_INFO_KEYS = ("constraints", "sampler", "select_on", "data", "image_size", "luts")
+_INFO_KEYS = ("constraints", "sampler", "select_on", "data", "image_size", "luts", "preprocessing")
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,15 @@ class BundleContents:
 
 
 def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[str, tuple]],
-                image_size: Optional[int] = None) -> dict[str, Any]:
+                image_size: Optional[int] = None, preprocessing: Optional[Mapping[str, Any]] = None
+                ) -> dict[str, Any]:
     """The ``adaptive.pt`` dict for an evaluated run.
 
     ``result`` is an :class:`~pssnet.evaluation.EvalResult`; ``stats`` maps each retained
-    subnet to its recalibrated ``{bn_name: (mean, var)}``. Each network is stored once: retained
-    subnets with one canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's
-    entry and BN slot. Evaluation's candidates are canonical; the largest and smallest keep the
-    space's own spelling (all multipliers at the maximum or minimum).
+    subnet to its recalibrated ``{bn_name: (mean, var)}``; ``preprocessing`` is the data's
+    :attr:`~pssnet.data.DataBundle.preprocessing` (how an image becomes an input, class names),
+    which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
+    canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's entry and BN slot.
     """
     layout, space = layout_and_space(**run["model_config"])
     entries: dict[Subnet, dict[str, Any]] = {}
@@ -96,6 +97,7 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
         "select_on": result.select_on,
         "data": run.get("data"),
         "image_size": image_size,
+        "preprocessing": dict(preprocessing) if preprocessing else None,
         "luts": dict(run.get("luts") or {}),
         "subnets": list(entries.values()),
         "bn_stats": bn_stats,
@@ -146,9 +148,28 @@ def _unpack(bundle: Mapping[str, Any]) -> BundleContents:
     for key in ("sampler", "select_on", "data"):
         schema.string(bundle.get(key), key, optional=True)
     schema.mapping(bundle.get("luts") or {}, "luts")
+    if bundle.get("preprocessing") is not None:
+        _check_preprocessing(bundle["preprocessing"], net)
     info = {k: bundle.get(k) for k in _INFO_KEYS}
     info["model_config"] = dict(config)
     return BundleContents(net, subnets, bn_stats, info)
+
+
+def _check_preprocessing(entry: Any, net: Supernet) -> None:
+    """The optional ``preprocessing`` entry: input channels and size, per-channel normalisation,
+    one name per class, an optional crop ratio."""
+    schema.mapping(entry, "preprocessing")
+    chans = schema.integer(schema.require(entry, "in_chans", "preprocessing"), "preprocessing.in_chans", 1, 64)
+    schema.integer(schema.require(entry, "image_size", "preprocessing"), "preprocessing.image_size", 1, 8192)
+    for key in ("mean", "std"):
+        values = schema.sequence(schema.require(entry, key, "preprocessing"), f"preprocessing.{key}", chans)
+        for i, v in enumerate(values):
+            schema.number(v, f"preprocessing.{key}[{i}]", low=0.0, low_open=key == "std")
+    names = schema.sequence(schema.require(entry, "class_names", "preprocessing"), "preprocessing.class_names",
+                            net.layout.num_classes)
+    for i, name in enumerate(names):
+        schema.string(name, f"preprocessing.class_names[{i}]")
+    schema.number(entry.get("crop_ratio"), "preprocessing.crop_ratio", 0.0, 1.0, low_open=True, optional=True)
 
 
 def _retained(entry: Any, slot: int, net: Supernet) -> RetainedSubnet:

@@ -46,7 +46,7 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
     write_text_atomic(paths["json"], json.dumps(result.to_dict(), indent=1) + "\n")
     if bundle:
         paths["bundle"] = out_dir / "adaptive.pt"
-        save_bundle(make_bundle(run, result, evaluator.stats, data.image_size), paths["bundle"])
+        save_bundle(make_bundle(run, result, evaluator.stats, data.image_size, data.preprocessing), paths["bundle"])
     return result, paths
 
 

@@ -1,19 +1,19 @@
 """Request bodies to model inputs: decode a PNG/JPEG image or a ``.npy`` array, check it, and
 normalise it the way the bundle's training data was normalised.
 
-The preprocessing comes from the bundle: its optional ``"preprocessing"`` entry
-(``in_chans``, ``image_size``, ``mean``, ``std``, ``class_names``) when present, else the model
-config, image size and data spec that every bundle records. Bad bodies raise
+The preprocessing comes from the bundle: its ``"preprocessing"`` entry (``in_chans``,
+``image_size``, ``mean``, ``std``, ``class_names``, ``crop_ratio``; written by ``pssnet eval``
+from the data set), else, for bundles written before that entry existed, the model config,
+image size and data spec that every bundle records. Bad bodies raise
 :class:`RequestError` with the HTTP status to answer (400, 413 or 415).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -181,16 +181,12 @@ def preprocessing_for(info: Mapping[str, Any], entry: Optional[Mapping[str, Any]
     num_classes = int(config["num_classes"])
     if not names or len(names) != num_classes:
         names = [str(i) for i in range(num_classes)]
-    crop = FOLDER_CROP if spec and dataset_name(spec) == "folder" and "image_size" not in entry else None
+    if "crop_ratio" in entry:
+        crop = entry["crop_ratio"]
+    else:  # bundles written before the entry existed
+        crop = FOLDER_CROP if spec and dataset_name(spec) == "folder" else None
     return Preprocessing(in_chans, image_size, tuple(float(m) for m in mean), tuple(float(s) for s in std),
                          tuple(str(n) for n in names), crop)
-
-
-def bundle_preprocessing_entry(path: Union[str, os.PathLike]) -> Optional[Mapping[str, Any]]:
-    """The optional ``"preprocessing"`` entry of a bundle file (weights-only, memory-mapped read)."""
-    data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    entry = data.get("preprocessing") if isinstance(data, dict) else None
-    return entry if isinstance(entry, Mapping) else None
 
 
 def top_classes(probabilities: Sequence[float], names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:

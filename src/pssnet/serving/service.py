@@ -15,7 +15,7 @@ from ..errors import UserError
 from .batcher import Batcher, Job
 from .controller import SloConfig, SloController, subnet_profiles
 from .metrics import ServingMetrics
-from .preprocess import Preprocessing, bundle_preprocessing_entry, preprocessing_for
+from .preprocess import Preprocessing, preprocessing_for
 from .worker import InferenceWorker
 
 
@@ -62,8 +62,7 @@ class ServingService:
         if config.threads:
             torch.set_num_threads(config.threads)  # the process serves this bundle only
         self.adaptive = AdaptiveNet.load(config.bundle)
-        entry = self.adaptive.info.get("preprocessing") or bundle_preprocessing_entry(config.bundle)
-        self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, entry)
+        self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, self.adaptive.info.get("preprocessing"))
         profiles = subnet_profiles(self.adaptive.subnets, self.adaptive.kinds)
         self.controller = SloController(profiles, config.slo, resolve_fixed(self.adaptive, config.fixed))
         slo = config.slo
