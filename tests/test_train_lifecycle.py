@@ -197,3 +197,73 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, sig, status
     assert f"after iteration {iteration} " in last and iteration >= 2
     assert _resume(out, "--max-iters", str(iteration + 1)) == 0
     assert torch.load(out / "final.pt", weights_only=True)["iterations"] == iteration + 1
+
+
+# A training process that SIGKILLs itself halfway through writing its first checkpoint: the
+# temporary file holds half a checkpoint, no complete one exists (a real kill -9, not a simulation).
+_KILL_MID_WRITE = """
+import os, signal, sys, torch
+from pssnet.cli import main
+
+real_save = torch.save
+
+def save_half_then_die(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("format", "").startswith("pssnet-checkpoint"):
+        with open(f, "wb") as out:
+            out.write(b"PK half a checkpoint")
+            out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save_half_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_while_the_first_checkpoint_is_written_leaves_a_resumable_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--out", str(out), "--map-cache", str(tmp_path / "maps"), "--max-iters", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, *args], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list((out / "checkpoints").glob(".*.tmp")) and not list((out / "checkpoints").glob("ckpt-*.pt"))
+    resumed = subprocess.run([sys.executable, "-m", "pssnet", "train", "--out", str(out), "--resume",
+                              "--threads", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "starting the run from the beginning" in resumed.stderr
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert torch.load(out / "final.pt", weights_only=True)["iterations"] == 2
+
+
+def test_a_second_writer_process_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pssnet.training.run_dir import RunLock\n"
+                               f"with RunLock({str(out)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run([sys.executable, "-m", "pssnet", "train", *TINY, "--out", str(out),
+                                 "--max-iters", "1"], capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].endswith(
+        f"is being written by another pssnet train (PID {holder.pid}); wait for it to end or choose another --out")
+    assert not (out / "checkpoints").exists()
+
+
+def test_bad_data_leaves_no_run_directory(tmp_path, capsys):
+    data = tmp_path / "data"
+    for cls in ("a", "b"):
+        (data / "train" / cls).mkdir(parents=True)
+        (data / "test" / cls).mkdir(parents=True)
+        (data / "train" / cls / "x.jpg").write_bytes(b"not a jpeg")
+        (data / "test" / cls / "x.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    assert main(["train", "--arch", "mobilenet_v2", "--data", f"folder:{data}", "--constraint", "flops:auto:4",
+                 "--out", str(out), "--threads", "1", "--no-progress"]) == 2
+    assert "x.jpg" in capsys.readouterr().err
+    assert not out.exists()

@@ -24,6 +24,15 @@ _STRAY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 _LENGTH_FLAGS = ("--epochs", "--max-iters")
 
 
+def remove_if_unused(run_dir: pathlib.Path) -> None:
+    """Remove a run directory that holds nothing but its lock file (a run that failed before
+    writing anything, e.g. on bad data)."""
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+
+
 class RunLock:
     """An exclusive advisory ``fcntl`` lock on ``RUN/.lock`` (which holds the holder's PID).
 

@@ -32,7 +32,7 @@ from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, 
 from .config import TrainConfig
 from .interrupt import StopSignals, TrainingInterrupted
 from .options import check_bounds
-from .run_dir import (RunLock, check_world_size, remove_stray_files, resume_config, saved_config,
+from .run_dir import (RunLock, check_world_size, remove_if_unused, remove_stray_files, resume_config, saved_config,
                       set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
@@ -230,9 +230,14 @@ class Trainer:
         check_bounds(self.config)
         if resume and not self.out.is_dir():
             raise UserError(f"{self.out} has no checkpoint to resume from; run without --resume to start")
+        created = not self.out.exists()
         lock = RunLock(self.out).acquire() if self.ctx.is_main else None
         try:
             return self._run(resume, given)
+        except BaseException:
+            if lock is not None and created:  # e.g. bad data: leave no empty run directory behind
+                remove_if_unused(self.out)
+            raise
         finally:
             if lock is not None:
                 lock.release()
