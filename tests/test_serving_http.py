@@ -283,7 +283,7 @@ def test_cli_errors_are_one_line(bundle_path, tmp_path, capsys):
     from pssnet.cli import main
 
     for args, needle in ([str(tmp_path / "missing.pt"), "--slo-ms", "50"], "does not exist"), \
-                        ([str(bundle_path), "--slo-ms", "-1"], "--slo-ms must be positive"), \
+                        ([str(bundle_path), "--slo-ms", "-1"], "--slo-ms: must be a finite number > 0"), \
                         ([str(bundle_path), "--slo-ms", "50", "--fixed", "r99-nope"], "not retained"):
         assert main(["serve", *args]) == 2
         err = capsys.readouterr().err
