@@ -101,8 +101,9 @@ class ServingService:
             "p50_ms": self.metrics.recent_percentile(0.5), "p95_ms": self.metrics.recent_percentile(0.95),
             "queued": len(self.batcher), "max_batch": slo.max_batch, "max_wait_ms": slo.max_wait_ms,
             "subnets": [{"key": p.key, "accuracy": p.accuracy, "mflops": p.flops,
+                         "dominated": p.key in self.controller.dominated,
                          "base_ms": {str(b): ms for b, ms in self.calibration.get(p.key, {}).items()}}
-                        for p in self.controller.ranked],
+                        for p in sorted(self.controller.profiles.values(), key=lambda p: (-p.accuracy, p.key))],
             "input": self.preprocessing.describe(),
             "input_shape": [self.preprocessing.in_chans, self.preprocessing.image_size, self.preprocessing.image_size],
         })
