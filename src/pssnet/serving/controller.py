@@ -17,7 +17,7 @@ subnet ``k`` occupies the server for
   share of a batch's time that is HTTP work would be read as a slow-down of the forward pass
   and charged again, multiplied, to the expensive subnets.
 - ``slowdown``: one shared factor, an EWMA of each forward pass's observed time over its base
-  time. Where the worker reports CPU times it is corrected for the HTTP work done by other
+  time (of the median of the last three such ratios, so that one odd batch does not move it). Where the worker reports CPU times it is corrected for the HTTP work done by other
   threads during the pass (that is already in ``overhead``): observed = the pass's own CPU time
   divided by the share of the core the process got meanwhile. Interference seen on one subnet
   thus moves the estimates of all.
@@ -130,6 +130,7 @@ class ServiceModel:
         self._measured: dict[str, dict[int, float]] = {}
         self._errors: deque[float] = deque(maxlen=config.error_window)
         self._overhead: deque[tuple[float, int]] = deque(maxlen=config.error_window)
+        self._ratios: deque[float] = deque(maxlen=3)
         self.slowdown = 1.0
         self.overhead_ms = 0.0  # per request, outside forward passes (0 until measured)
 
@@ -142,14 +143,8 @@ class ServiceModel:
             raise KeyError(f"no subnet {key} in the service model")
         self._measured.setdefault(key, {})[int(batch)] = float(ms)
 
-    def base_ms(self, key: str, batch: int) -> float:
-        """Service time without slow-down: measured points interpolated in the batch size
-        (beyond them, scaled like the prior); unmeasured subnets: prior x the measured/prior median."""
-        points = self._measured.get(key)
-        if not points:
-            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
-                      for b, ms in sorted(points_k.items())]
-            return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
+    def _interpolated_ms(self, key: str, batch: int) -> float:
+        points = self._measured[key]
         sizes = sorted(points)
         i = bisect.bisect_left(sizes, batch)
         if i < len(sizes) and sizes[i] == batch:
@@ -159,6 +154,31 @@ class ServiceModel:
             return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
         nearest = sizes[0] if i == 0 else sizes[-1]
         return points[nearest] * self.prior_ms(key, batch) / self.prior_ms(key, nearest)
+
+    def run_size(self, key: str, batch: int) -> int:
+        """The size to run a batch of ``batch`` at: a larger measured size where that was measured
+        faster than ``batch`` is predicted (kernels change with the batch size: on some CPUs a
+        batch of 16 runs in half the time of 15), else ``batch`` itself. The worker pads to it."""
+        points = self._measured.get(key)
+        if not points:
+            return batch
+        best, best_ms = batch, self._interpolated_ms(key, batch)
+        for size, ms in sorted(points.items()):
+            if size > batch and ms < best_ms:
+                best, best_ms = size, ms
+        return best
+
+    def base_ms(self, key: str, batch: int) -> float:
+        """Service time without slow-down, run at :meth:`run_size`: measured points interpolated in
+        the batch size (beyond them, scaled like the prior); unmeasured subnets: prior x the
+        measured/prior median."""
+        points = self._measured.get(key)
+        if not points:
+            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
+                      for b, ms in sorted(points_k.items())]
+            return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
+        size = self.run_size(key, batch)
+        return points[size] if size != batch else self._interpolated_ms(key, batch)
 
     def predict_ms(self, key: str, batch: int) -> float:
         """Predicted time the server is busy with a batch: its forward pass and its requests' other work."""
@@ -184,7 +204,10 @@ class ServiceModel:
             ms = own * ms / process
         base = self.base_ms(key, batch)
         self._errors.append(ms / (self.slowdown * base))
-        self.slowdown += self._smoothing * (ms / base - self.slowdown)
+        # The EWMA takes the median of the last three ratios: one odd batch (a kernel's first run at
+        # a new size, a collection pause) does not move it; a lasting change does, one batch later.
+        self._ratios.append(ms / base)
+        self.slowdown += self._smoothing * (statistics.median(self._ratios) - self.slowdown)
 
     def observe_overhead(self, cpu_ms: float, requests: int) -> None:
         """``cpu_ms`` of process CPU time outside forward passes went to ``requests`` requests."""

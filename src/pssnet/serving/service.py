@@ -76,7 +76,9 @@ class ServingService:
         """Measure every subnet's base service times, then start the inference worker."""
         p = self.preprocessing
         example = torch.zeros(1, p.in_chans, p.image_size, p.image_size)
-        sizes = sorted({1, max(1, self.config.slo.max_batch // 2), self.config.slo.max_batch})
+        # Powers of two and max_batch: where a larger size runs faster, smaller batches are padded to it.
+        top = self.config.slo.max_batch
+        sizes = sorted({1 << i for i in range(top.bit_length()) if 1 << i <= top} | {top})
         self.calibration = self.worker.calibrate(example, sizes, self.config.calibration_repeats)
         self.metrics.subnet_flops.set(self.controller.profile(self.controller.current).flops)
         self.worker.start()

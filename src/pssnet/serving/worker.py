@@ -97,13 +97,17 @@ class InferenceWorker:
         switched = self.adaptive.current is not retained
         if switched:
             self.adaptive.switch_to(retained)
+        with self.lock:
+            size = self.controller.model.run_size(key, len(jobs))
         try:
             x = torch.stack([job.input for job in jobs])
+            if size > len(jobs):  # padded to a size measured faster; the extra rows are dropped
+                x = torch.cat([x, x[:1].expand(size - len(jobs), *x.shape[1:])])
             process0, own0, start = time.process_time(), time.thread_time(), self.clock()
             with torch.inference_mode():
                 logits = self.adaptive(x)
             done, own1, process1 = self.clock(), time.thread_time(), time.process_time()
-            probabilities = torch.softmax(logits.float(), dim=1)
+            probabilities = torch.softmax(logits[:len(jobs)].float(), dim=1)
         except Exception as exc:  # a failed batch fails its requests, not the server
             for job in jobs:
                 job.future.set_exception(exc)
