@@ -205,3 +205,14 @@ def test_start_and_fallback_go_to_the_least_costly_candidate_by_measurement():
     assert controller.choose(1_000.0, waiting).key == "small"
     controller.calibrate("large", 8, 1.0)  # after the first batch, calibration no longer moves it
     assert controller.current == "small"
+
+
+def test_a_batch_runs_padded_to_a_larger_size_measured_faster():
+    model = ServiceModel(PROFILES, CONFIG)
+    for batch, ms in ((1, 10.0), (8, 40.0), (16, 30.0), (32, 70.0)):  # 16 is faster than 8 here
+        model.calibrate("large", batch, ms)
+    assert model.run_size("large", 9) == 16 and model.base_ms("large", 9) == pytest.approx(30.0)
+    assert model.run_size("large", 16) == 16 and model.run_size("large", 8) == 16
+    assert model.run_size("large", 4) == 4 and model.base_ms("large", 4) == pytest.approx(10.0 + 30.0 * 3 / 7)
+    assert model.run_size("large", 20) == 20 and model.base_ms("large", 20) == pytest.approx(30.0 + 40.0 * 4 / 16)
+    assert model.run_size("tiny", 5) == 5  # unmeasured: never padded
