@@ -24,8 +24,12 @@ def true_ms(key: str, batch: int, scale: float = 1.3) -> float:
 
 
 def simulate(controller: SloController, duration_ms: float, rate_per_ms: float, slow=lambda t: 1.0,
-             seed: int = 0, noise: float = 0.1) -> list[dict]:
-    """Single-server FIFO queue with dynamic batching; returns one record per batch."""
+             seed: int = 0, noise: float = 0.1, overhead_ms: float = 0.0, cost=true_ms) -> list[dict]:
+    """Single-server FIFO queue with dynamic batching; returns one record per batch.
+
+    ``overhead_ms``: CPU work per request outside the forward pass (HTTP, decoding) on the same
+    core, done while the forward pass runs (as in the real server), so that it lengthens the pass's
+    wall time; the worker then reports the pass's own and the process's CPU time and the overhead."""
     rng = random.Random(seed)
     arrivals, t = [], 0.0
     while t < duration_ms:
@@ -42,10 +46,16 @@ def simulate(controller: SloController, duration_ms: float, rate_per_ms: float, 
         controller.note_arrivals(new)
         waiting += new
         decision = controller.choose(now, waiting)
-        service = true_ms(decision.key, decision.batch) * slow(now) * (1 + noise * rng.uniform(-1, 1))
+        own = cost(decision.key, decision.batch) * (1 + noise * rng.uniform(-1, 1))
+        other = overhead_ms * decision.batch
+        service = (own + other) * slow(now)
         batch, waiting = waiting[:decision.batch], waiting[decision.batch:]
         now += service
-        controller.observe(decision.key, decision.batch, service)
+        if overhead_ms:
+            controller.observe(decision.key, decision.batch, service, (own, own + other))
+            controller.observe_overhead(other, decision.batch)
+        else:
+            controller.observe(decision.key, decision.batch, service)
         records.append({"t": now, "key": decision.key, "batch": decision.batch,
                         "latencies": [now - a for a in batch]})
     return records
@@ -132,3 +142,77 @@ def test_prior_from_latency_table_else_flops_and_bad_settings():
         SloConfig(target_ms=10, quantile=1.0)
     with pytest.raises(UserError):
         SloController(PROFILES, CONFIG, fixed="nope")
+
+
+def served(records: list[dict], start: float, stop: float) -> set[str]:
+    return {r["key"] for r in records if start <= r["t"] < stop}
+
+
+def test_per_request_overhead_is_charged_per_request_not_as_a_slowdown_of_the_largest():
+    # HTTP work of 1.5 ms per request on the serving core, at 60 % of the largest's true capacity
+    # (3.9 ms forward + 1.5 ms other work per request at batch 8): the largest fits without
+    # interference, not with a 2x slow-down.
+    config = SloConfig(target_ms=150.0, max_batch=8, max_wait_ms=2.0)
+    rate = 0.6 / (true_ms("large", 8) / 8 + 1.5)
+    slow = lambda t: 2.0 if 20_000.0 <= t < 40_000.0 else 1.0  # noqa: E731
+    controller = SloController(PROFILES, config)
+    records = simulate(controller, 60_000.0, rate, slow=slow, overhead_ms=1.5)
+    assert controller.model.overhead_ms == pytest.approx(1.5)
+    assert served(records, 8_000.0, 20_000.0) == {"large"}
+    assert "large" not in served(records, 22_000.0, 40_000.0)
+    assert served(records, 48_000.0, 60_000.0) == {"large"}
+    latencies = sorted(lat for r in records for lat in r["latencies"])
+    assert latencies[int(0.95 * len(latencies))] <= config.target_ms
+
+
+# "odd" is less accurate than "small" and costs more by the prior, but is the fastest on the
+# simulated machine: a noisy measurement must not make a dominated subnet the one that serves.
+ODD = PROFILES + [SubnetProfile("odd", 74.0, 5.0, 11.0)]
+
+
+def odd_machine_ms(key: str, batch: int) -> float:
+    return true_ms("tiny", batch) * 0.8 if key == "odd" else true_ms(key, batch)
+
+
+def test_dominated_subnets_are_never_chosen_but_can_be_pinned():
+    controller = SloController(ODD, CONFIG)
+    assert controller.dominated == {"odd"} and [p.key for p in controller.ranked] == ["large", "medium", "small",
+                                                                                      "tiny"]
+    assert controller.current == "tiny"  # the start: the least costly candidate by the prior
+    for key in ("large", "medium", "small", "tiny", "odd"):  # odd is measured fastest
+        controller.calibrate(key, 8, odd_machine_ms(key, 8))
+    assert controller.current == "tiny"
+    records = simulate(controller, 40_000.0, 0.15, slow=lambda t: 4.0 if 10_000.0 <= t < 25_000.0 else 1.0,
+                       cost=odd_machine_ms)
+    keys = {r["key"] for r in records}
+    assert "odd" not in keys and {"large", "tiny"} <= keys  # overloaded at 4x: down to the least costly
+    pinned = SloController(ODD, CONFIG, fixed="odd")
+    assert pinned.choose(0.0, [0.0]).key == "odd" and pinned.profile("odd").accuracy == 74.0
+    # exact ties in accuracy and cost: one of them stays a candidate
+    twins = [SubnetProfile("b", 70.0, 3.0, 7.0), SubnetProfile("a", 70.0, 3.0, 7.0)]
+    assert SloController(twins, CONFIG).dominated == {"b"}
+
+
+def test_start_and_fallback_go_to_the_least_costly_candidate_by_measurement():
+    controller = SloController(PROFILES, CONFIG)
+    assert controller.current == "tiny"
+    controller.calibrate("tiny", 8, 200.0)  # measured: tiny is the slowest here
+    for key, ms in (("large", 30.0), ("medium", 25.0), ("small", 12.0)):
+        controller.calibrate(key, 8, ms)
+    assert controller.current == "small"  # before the first batch, calibration moves the start
+    # a backlog no subnet can finish within the target: fall back to the least costly, small
+    waiting = [float(t) for t in range(0, 400)]
+    assert controller.choose(1_000.0, waiting).key == "small"
+    controller.calibrate("large", 8, 1.0)  # after the first batch, calibration no longer moves it
+    assert controller.current == "small"
+
+
+def test_a_batch_runs_padded_to_a_larger_size_measured_faster():
+    model = ServiceModel(PROFILES, CONFIG)
+    for batch, ms in ((1, 10.0), (8, 40.0), (16, 30.0), (32, 70.0)):  # 16 is faster than 8 here
+        model.calibrate("large", batch, ms)
+    assert model.run_size("large", 9) == 16 and model.base_ms("large", 9) == pytest.approx(30.0)
+    assert model.run_size("large", 16) == 16 and model.run_size("large", 8) == 16
+    assert model.run_size("large", 4) == 4 and model.base_ms("large", 4) == pytest.approx(10.0 + 30.0 * 3 / 7)
+    assert model.run_size("large", 20) == 20 and model.base_ms("large", 20) == pytest.approx(30.0 + 40.0 * 4 / 16)
+    assert model.run_size("tiny", 5) == 5  # unmeasured: never padded

@@ -1,18 +1,38 @@
 """The latency controller of adaptive serving: which retained subnet runs the next batch.
 
 Pure logic: no threads, no clock of its own (every call gets ``now_ms``), no randomness, so the
-same observations always give the same decisions. A :class:`ServiceModel` predicts the service
-time of a batch per subnet and batch size: a base time (the bundle's prior, replaced by the
-server's start-up measurements) times one shared slow-down factor, an EWMA of observed over
-base time, so that interference seen on one subnet moves the estimates of all. The target
-quantile enters through the recent prediction errors: predictions are stretched by the
-errors' quantile before they are compared with the target.
+same observations always give the same decisions.
 
-Before each batch :class:`SloController` picks the most accurate subnet whose predicted
+The cost model (:class:`ServiceModel`), one for all subnets. A batch of ``b`` requests on
+subnet ``k`` occupies the server for
+
+    slowdown x (base_k(b) + b x overhead)
+
+- ``base_k(b)``: the forward pass alone on a quiet machine (the bundle's prior: latency table
+  or FLOPs; replaced by the server's start-up measurements).
+- ``overhead``: the CPU time per request that the server spends outside forward passes (HTTP
+  parsing, decoding, batching, answering), measured online by the worker as the process's CPU
+  time minus the forward passes' CPU time, per request, over the last ``error_window`` batches.
+  It is the same for every subnet, so it weighs most on the cheap ones: without it, the
+  share of a batch's time that is HTTP work would be read as a slow-down of the forward pass
+  and charged again, multiplied, to the expensive subnets.
+- ``slowdown``: one shared factor, an EWMA of each forward pass's observed time over its base
+  time (of the median of the last three such ratios, so that one odd batch does not move it). Where the worker reports CPU times it is corrected for the HTTP work done by other
+  threads during the pass (that is already in ``overhead``): observed = the pass's own CPU time
+  divided by the share of the core the process got meanwhile. Interference seen on one subnet
+  thus moves the estimates of all.
+
+The target quantile enters through the recent prediction errors: predictions are stretched by
+the errors' quantile before they are compared with the target.
+
+Candidates: a subnet that another retained subnet matches or beats in accuracy at no more
+static cost (prior: latency table or FLOPs) is dominated and never chosen (``fixed`` may pin
+it). Before each batch :class:`SloController` picks the most accurate candidate whose predicted
 latency in steady state, at the measured arrival rate, meets ``margin * target``, and whose
-predicted completion of the requests waiting now meets the target. It steps down at once, and
-steps up only after a more accurate subnet has met the stricter ``up_margin`` for
-``up_hold_ms`` and ``up_hold_batches`` in a row.
+predicted completion of the requests waiting now meets the target. It starts on the least
+costly candidate (by the model: measured where measured), steps down at once (to the least
+costly candidate where none fits), and steps up only after a more accurate candidate has met
+the stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row.
 """
 
 from __future__ import annotations
@@ -109,7 +129,10 @@ class ServiceModel:
         self._quantile = config.quantile
         self._measured: dict[str, dict[int, float]] = {}
         self._errors: deque[float] = deque(maxlen=config.error_window)
+        self._overhead: deque[tuple[float, int]] = deque(maxlen=config.error_window)
+        self._ratios: deque[float] = deque(maxlen=3)
         self.slowdown = 1.0
+        self.overhead_ms = 0.0  # per request, outside forward passes (0 until measured)
 
     def prior_ms(self, key: str, batch: int) -> float:
         return self._prior[key] * (self._shape + batch) / (self._shape + 1)
@@ -120,14 +143,8 @@ class ServiceModel:
             raise KeyError(f"no subnet {key} in the service model")
         self._measured.setdefault(key, {})[int(batch)] = float(ms)
 
-    def base_ms(self, key: str, batch: int) -> float:
-        """Service time without slow-down: measured points interpolated in the batch size
-        (beyond them, scaled like the prior); unmeasured subnets: prior x the measured/prior median."""
-        points = self._measured.get(key)
-        if not points:
-            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
-                      for b, ms in sorted(points_k.items())]
-            return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
+    def _interpolated_ms(self, key: str, batch: int) -> float:
+        points = self._measured[key]
         sizes = sorted(points)
         i = bisect.bisect_left(sizes, batch)
         if i < len(sizes) and sizes[i] == batch:
@@ -138,8 +155,38 @@ class ServiceModel:
         nearest = sizes[0] if i == 0 else sizes[-1]
         return points[nearest] * self.prior_ms(key, batch) / self.prior_ms(key, nearest)
 
+    def run_size(self, key: str, batch: int) -> int:
+        """The size to run a batch of ``batch`` at: a larger measured size where that was measured
+        faster than ``batch`` is predicted (kernels change with the batch size: on some CPUs a
+        batch of 16 runs in half the time of 15), else ``batch`` itself. The worker pads to it."""
+        points = self._measured.get(key)
+        if not points:
+            return batch
+        best, best_ms = batch, self._interpolated_ms(key, batch)
+        for size, ms in sorted(points.items()):
+            if size > batch and ms < best_ms:
+                best, best_ms = size, ms
+        return best
+
+    def base_ms(self, key: str, batch: int) -> float:
+        """Service time without slow-down, run at :meth:`run_size`: measured points interpolated in
+        the batch size (beyond them, scaled like the prior); unmeasured subnets: prior x the
+        measured/prior median."""
+        points = self._measured.get(key)
+        if not points:
+            ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())
+                      for b, ms in sorted(points_k.items())]
+            return self.prior_ms(key, batch) * (statistics.median(ratios) if ratios else 1.0)
+        size = self.run_size(key, batch)
+        return points[size] if size != batch else self._interpolated_ms(key, batch)
+
     def predict_ms(self, key: str, batch: int) -> float:
-        return self.slowdown * self.base_ms(key, batch)
+        """Predicted time the server is busy with a batch: its forward pass and its requests' other work."""
+        return self.slowdown * (self.base_ms(key, batch) + batch * self.overhead_ms)
+
+    def cost_per_request(self, key: str, batch: int) -> float:
+        """Base time per request of ``key`` at ``batch``, overhead included (for ranking by cost)."""
+        return self.base_ms(key, batch) / batch + self.overhead_ms
 
     def stretch(self) -> float:
         """The target quantile of recent observed/predicted ratios (at least 1)."""
@@ -148,10 +195,37 @@ class ServiceModel:
         ordered = sorted(self._errors)
         return max(1.0, ordered[max(0, math.ceil(self._quantile * len(ordered)) - 1)])
 
-    def observe(self, key: str, batch: int, ms: float) -> None:
+    def observe(self, key: str, batch: int, ms: float, cpu: Optional[tuple[float, float]] = None) -> None:
+        """A forward pass of ``batch`` on ``key`` took ``ms``. ``cpu``: the pass's own CPU ms and the
+        whole process's CPU ms meanwhile; then the pass's time without other threads' work,
+        ``own / (process / ms)``, is what counts (their work is in ``overhead_ms``)."""
+        if cpu is not None and cpu[1] > 0:
+            own, process = cpu
+            ms = own * ms / process
         base = self.base_ms(key, batch)
         self._errors.append(ms / (self.slowdown * base))
-        self.slowdown += self._smoothing * (ms / base - self.slowdown)
+        # The EWMA takes the median of the last three ratios: one odd batch (a kernel's first run at
+        # a new size, a collection pause) does not move it; a lasting change does, one batch later.
+        self._ratios.append(ms / base)
+        self.slowdown += self._smoothing * (statistics.median(self._ratios) - self.slowdown)
+
+    def observe_overhead(self, cpu_ms: float, requests: int) -> None:
+        """``cpu_ms`` of process CPU time outside forward passes went to ``requests`` requests."""
+        if requests <= 0:
+            return
+        self._overhead.append((max(0.0, float(cpu_ms)), int(requests)))
+        self.overhead_ms = sum(ms for ms, _ in self._overhead) / sum(n for _, n in self._overhead)
+
+
+def dominated(profiles: Sequence[SubnetProfile]) -> set[str]:
+    """Keys of the subnets that another one matches or beats in accuracy at no more static cost
+    (of exact ties in both, the first by key stays)."""
+    def beats(q: SubnetProfile, p: SubnetProfile) -> bool:
+        if q.accuracy == p.accuracy and q.cost == p.cost:
+            return q.key < p.key
+        return q.accuracy >= p.accuracy and q.cost <= p.cost
+
+    return {p.key for p in profiles if any(q is not p and beats(q, p) for q in profiles)}
 
 
 class SloController:
@@ -159,28 +233,40 @@ class SloController:
 
     Call :meth:`note_arrivals` with the arrival times of new requests, :meth:`choose` before each
     batch with the arrival times of all waiting requests (oldest first), and :meth:`observe`
-    after it. ``fixed`` pins one subnet (the baseline); the model still learns.
+    after it. ``fixed`` pins one subnet (the baseline; any retained one); the model still learns.
+    ``ranked`` holds the candidates of adaptive serving (the subnets no other one dominates),
+    most accurate first; ``profiles`` all of them.
     """
 
     def __init__(self, profiles: Sequence[SubnetProfile], config: SloConfig, fixed: Optional[str] = None) -> None:
         if not profiles:
             raise UserError("no subnets to serve")
         self.config = config
-        self.ranked = sorted(profiles, key=lambda p: (-p.accuracy, p.cost, p.key))  # most accurate first
-        self._rank = {p.key: i for i, p in enumerate(self.ranked)}
-        if fixed is not None and fixed not in self._rank:
+        self.profiles = {p.key: p for p in profiles}
+        if fixed is not None and fixed not in self.profiles:
             raise UserError(f"subnet {fixed} is not retained in the bundle")
+        self.dominated = dominated(profiles)
+        candidates = [p for p in profiles if p.key not in self.dominated]
+        self.ranked = sorted(candidates, key=lambda p: (-p.accuracy, p.cost, p.key))  # most accurate first
+        self._rank = {p.key: i for i, p in enumerate(self.ranked)}
         self.model = ServiceModel(profiles, config)
         self.fixed = fixed
-        self.current = fixed or self.ranked[0].key
+        self.current = fixed or self.least_costly()
         self.switches = 0
+        self._chosen = False  # until the first batch, calibration may still move the start
         self._arrivals: deque[float] = deque()
         self._first_arrival: Optional[float] = None
         self._headroom_since: Optional[float] = None
         self._headroom_batches = 0
 
+    def least_costly(self) -> str:
+        """The candidate with the least predicted time per request at ``max_batch`` (measured where
+        measured, else the prior), the place to start and to fall back to."""
+        size = self.config.max_batch
+        return min(self.ranked, key=lambda p: (self.model.cost_per_request(p.key, size), -p.accuracy, p.key)).key
+
     def profile(self, key: str) -> SubnetProfile:
-        return self.ranked[self._rank[key]]
+        return self.profiles[key]
 
     # -- arrival rate --------------------------------------------------------
 
@@ -242,6 +328,7 @@ class SloController:
         if not waiting_ms:
             raise ValueError("choose() needs at least one waiting request")
         batch = min(self.config.max_batch, len(waiting_ms))
+        self._chosen = True
         if self.fixed is None:
             self._step(now_ms, waiting_ms)
         return Decision(self.current, batch, self.completion_ms(self.current, now_ms, waiting_ms[:batch]))
@@ -251,11 +338,11 @@ class SloController:
         here = self._rank[self.current]
         if not self._fits(self.current, now_ms, waiting_ms, rate, up=False):
             # Step down (never up: that takes the wait below): the most accurate less accurate
-            # subnet that fits, else the one that drains the waiting requests soonest.
+            # candidate that fits, else the least costly one (a fallback that does not hang on
+            # one noisy prediction of the backlog).
             below = self.ranked[here + 1:]
             fitting = [p.key for p in below if self._fits(p.key, now_ms, waiting_ms, rate, up=False)]
-            fastest = min(self.ranked[here:], key=lambda p: self.completion_ms(p.key, now_ms, waiting_ms)).key
-            self._switch(fitting[0] if fitting else fastest)
+            self._switch(fitting[0] if fitting else self.least_costly())
             return
         better = [p.key for p in self.ranked[:here] if self._fits(p.key, now_ms, waiting_ms, rate, up=True)]
         if not better:
@@ -274,14 +361,22 @@ class SloController:
             self.current = key
             self.switches += 1
 
-    def observe(self, key: str, batch: int, service_ms: float) -> None:
-        """A batch of ``batch`` requests on ``key`` took ``service_ms``."""
-        self.model.observe(key, batch, service_ms)
+    def observe(self, key: str, batch: int, service_ms: float, cpu: Optional[tuple[float, float]] = None) -> None:
+        """A batch of ``batch`` requests on ``key`` took ``service_ms`` (``cpu``: see :meth:`ServiceModel.observe`)."""
+        self.model.observe(key, batch, service_ms, cpu)
+
+    def observe_overhead(self, cpu_ms: float, requests: int) -> None:
+        """Process CPU ms outside forward passes, spent on ``requests`` requests."""
+        self.model.observe_overhead(cpu_ms, requests)
 
     def calibrate(self, key: str, batch: int, ms: float) -> None:
+        """A start-up measurement of a forward pass; before the first batch it may move the start."""
         self.model.calibrate(key, batch, ms)
+        if self.fixed is None and not self._chosen:
+            self.current = self.least_costly()
 
     def status(self, now_ms: float) -> Mapping[str, Any]:
         return {"subnet": self.current, "fixed": self.fixed is not None, "slowdown": self.model.slowdown,
-                "stretch": self.model.stretch(), "arrival_rate_per_s": 1e3 * self.arrival_rate(now_ms),
-                "switches": self.switches}
+                "stretch": self.model.stretch(), "overhead_ms": self.model.overhead_ms,
+                "arrival_rate_per_s": 1e3 * self.arrival_rate(now_ms), "switches": self.switches,
+                "dominated": sorted(self.dominated)}

@@ -76,7 +76,9 @@ class ServingService:
         """Measure every subnet's base service times, then start the inference worker."""
         p = self.preprocessing
         example = torch.zeros(1, p.in_chans, p.image_size, p.image_size)
-        sizes = sorted({1, max(1, self.config.slo.max_batch // 2), self.config.slo.max_batch})
+        # Powers of two and max_batch: where a larger size runs faster, smaller batches are padded to it.
+        top = self.config.slo.max_batch
+        sizes = sorted({1 << i for i in range(top.bit_length()) if 1 << i <= top} | {top})
         self.calibration = self.worker.calibrate(example, sizes, self.config.calibration_repeats)
         self.metrics.subnet_flops.set(self.controller.profile(self.controller.current).flops)
         self.worker.start()
@@ -101,8 +103,9 @@ class ServingService:
             "p50_ms": self.metrics.recent_percentile(0.5), "p95_ms": self.metrics.recent_percentile(0.95),
             "queued": len(self.batcher), "max_batch": slo.max_batch, "max_wait_ms": slo.max_wait_ms,
             "subnets": [{"key": p.key, "accuracy": p.accuracy, "mflops": p.flops,
+                         "dominated": p.key in self.controller.dominated,
                          "base_ms": {str(b): ms for b, ms in self.calibration.get(p.key, {}).items()}}
-                        for p in self.controller.ranked],
+                        for p in sorted(self.controller.profiles.values(), key=lambda p: (-p.accuracy, p.key))],
             "input": self.preprocessing.describe(),
             "input_shape": [self.preprocessing.in_chans, self.preprocessing.image_size, self.preprocessing.image_size],
         })

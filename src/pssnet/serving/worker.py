@@ -1,6 +1,8 @@
 """The one inference worker: a thread that takes batches from the :class:`Batcher`, lets the
 :class:`SloController` pick the subnet, runs :class:`~pssnet.deploy.AdaptiveNet` and answers
-each request's future."""
+each request's future. It also tells the controller what the server's CPU went to: each forward
+pass's own CPU time and the process's meanwhile, and the process's CPU time outside forward
+passes per request served (HTTP, decoding, batching: see :mod:`.controller`)."""
 
 from __future__ import annotations
 
@@ -77,6 +79,8 @@ class InferenceWorker:
     # -- serving -------------------------------------------------------------
 
     def _loop(self) -> None:
+        self._process_mark = time.process_time()
+        self._cpu_accounting = torch.get_num_threads() == 1
         while (pending := self.batcher.next_batch()) is not None:
             with self.lock:
                 now = 1e3 * self.clock()
@@ -93,19 +97,34 @@ class InferenceWorker:
         switched = self.adaptive.current is not retained
         if switched:
             self.adaptive.switch_to(retained)
+        with self.lock:
+            size = self.controller.model.run_size(key, len(jobs))
         try:
             x = torch.stack([job.input for job in jobs])
-            start = self.clock()
+            if size > len(jobs):  # padded to a size measured faster; the extra rows are dropped
+                x = torch.cat([x, x[:1].expand(size - len(jobs), *x.shape[1:])])
+            process0, own0, start = time.process_time(), time.thread_time(), self.clock()
             with torch.inference_mode():
-                probabilities = torch.softmax(self.adaptive(x).float(), dim=1)
-            done = self.clock()
+                logits = self.adaptive(x)
+            done, own1, process1 = self.clock(), time.thread_time(), time.process_time()
+            probabilities = torch.softmax(logits[:len(jobs)].float(), dim=1)
         except Exception as exc:  # a failed batch fails its requests, not the server
             for job in jobs:
                 job.future.set_exception(exc)
             return
         service_ms = 1e3 * (done - start)
+        own_ms, process_ms = 1e3 * (own1 - own0), 1e3 * (process1 - process0)
+        # The process's CPU since the previous pass ended, less this pass's own: the other work of
+        # the requests. Only with one torch thread is the pass's CPU all on this thread; with more,
+        # the controller learns from wall times alone (the overhead is then in the slow-down).
+        outside_ms = 1e3 * (process1 - self._process_mark) - own_ms
+        self._process_mark = process1
         with self.lock:
-            self.controller.observe(key, len(jobs), service_ms)
+            if self._cpu_accounting:
+                self.controller.observe(key, len(jobs), service_ms, (own_ms, process_ms))
+                self.controller.observe_overhead(outside_ms, len(jobs))
+            else:
+                self.controller.observe(key, len(jobs), service_ms)
             slowdown = self.controller.model.slowdown
         self.metrics.record_batch(len(jobs), switched, retained.resources.get("flops", 0.0), slowdown)
         for job, row in zip(jobs, probabilities.tolist()):
