@@ -216,3 +216,24 @@ def test_a_batch_runs_padded_to_a_larger_size_measured_faster():
     assert model.run_size("large", 4) == 4 and model.base_ms("large", 4) == pytest.approx(10.0 + 30.0 * 3 / 7)
     assert model.run_size("large", 20) == 20 and model.base_ms("large", 20) == pytest.approx(30.0 + 40.0 * 4 / 16)
     assert model.run_size("tiny", 5) == 5  # unmeasured: never padded
+
+
+def test_a_passing_backlog_is_served_by_a_cheaper_subnet_without_moving_the_serving_one():
+    controller = SloController(PROFILES, CONFIG)
+    for key in ("large", "medium", "small", "tiny"):
+        for batch in (1, 2, 4, 8):
+            controller.calibrate(key, batch, true_ms(key, batch, scale=1.0))
+    records = simulate(controller, 6000, 0.15, noise=0.0, cost=lambda k, b: true_ms(k, b, scale=1.0))
+    assert controller.current == "large" and records[-1]["key"] == "large"
+    switches = controller.switches
+    # A stall: 24 requests waiting, the oldest for 40 ms. "large" would not clear them in 80 ms.
+    now = records[-1]["t"] + 1.0
+    waiting = [now - 40.0 + i for i in range(24)]
+    assert controller.completion_ms("large", now, waiting) > CONFIG.target_ms
+    decision = controller.choose(now, waiting)
+    assert decision.key != "large" and decision.predicted_ms <= CONFIG.target_ms
+    cheaper_that_clear = [p.key for p in controller.ranked[1:]
+                          if controller.completion_ms(p.key, now, waiting) <= CONFIG.target_ms]
+    assert decision.key == cheaper_that_clear[0]  # the most accurate one that clears the backlog
+    assert controller.current == "large" and controller.switches == switches  # serving subnet unchanged
+    assert controller.choose(now, waiting[:2]).key == "large"  # backlog gone: back at once

@@ -27,12 +27,14 @@ the errors' quantile before they are compared with the target.
 
 Candidates: a subnet that another retained subnet matches or beats in accuracy at no more
 static cost (prior: latency table or FLOPs) is dominated and never chosen (``fixed`` may pin
-it). Before each batch :class:`SloController` picks the most accurate candidate whose predicted
-latency in steady state, at the measured arrival rate, meets ``margin * target``, and whose
-predicted completion of the requests waiting now meets the target. It starts on the least
-costly candidate (by the model: measured where measured), steps down at once (to the least
-costly candidate where none fits), and steps up only after a more accurate candidate has met
-the stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row.
+it). :class:`SloController` keeps a *serving* subnet: the most accurate candidate whose
+predicted latency in steady state, at the measured arrival rate, meets ``margin * target``. It
+starts on the least costly candidate (by the model: measured where measured), steps down at
+once when the serving subnet no longer fits (to the least costly candidate where none fits),
+and steps up only after a more accurate candidate has met the stricter ``up_margin`` for
+``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the serving subnet would not
+clear within the target (a stall, a burst) is served, batch by batch, by the most accurate
+cheaper candidate that clears it, without moving the serving subnet.
 """
 
 from __future__ import annotations
@@ -307,19 +309,16 @@ class SloController:
         size = next(b for b in range(1, cfg.max_batch + 1) if rate * predict(key, b) <= b)
         return max(cfg.max_wait_ms, predict(key, size)) + predict(key, size)
 
-    def _fits(self, key: str, now_ms: float, waiting_ms: Sequence[float], rate: float, up: bool) -> bool:
-        """Whether ``key`` keeps the target: in steady state within the margin (``up_margin`` and
-        ``up_utilisation`` for a step up) with the quantile's stretch, and for the requests waiting
-        now (the oldest one's predicted completion) within the target itself (``margin`` for a
-        step up): a backlog that would miss it steps down at once, an ordinary burst neither
-        steps down nor resets the wait before a step up."""
+    def _steady_fits(self, key: str, rate: float, up: bool) -> bool:
+        """Whether ``key`` keeps the target in steady state at ``rate``: within ``margin`` of it
+        (``up_margin``, and ``up_utilisation`` of capacity, for a step up), with the quantile's stretch."""
         cfg = self.config
-        stretch = self.model.stretch()
-        margin = cfg.up_margin if up else cfg.margin
         steady = self.steady_ms(key, rate, cfg.up_utilisation if up else cfg.max_utilisation)
-        backlog = self.completion_ms(key, now_ms, waiting_ms)
-        return (steady * stretch <= margin * cfg.target_ms
-                and backlog <= (cfg.margin if up else 1.0) * cfg.target_ms)
+        return steady * self.model.stretch() <= (cfg.up_margin if up else cfg.margin) * cfg.target_ms
+
+    def _clears(self, key: str, now_ms: float, waiting_ms: Sequence[float], share: float = 1.0) -> bool:
+        """Whether ``key`` completes the requests waiting now within ``share`` of the target."""
+        return self.completion_ms(key, now_ms, waiting_ms) <= share * self.config.target_ms
 
     # -- decisions -----------------------------------------------------------
 
@@ -329,22 +328,23 @@ class SloController:
             raise ValueError("choose() needs at least one waiting request")
         batch = min(self.config.max_batch, len(waiting_ms))
         self._chosen = True
+        key = self.current
         if self.fixed is None:
-            self._step(now_ms, waiting_ms)
-        return Decision(self.current, batch, self.completion_ms(self.current, now_ms, waiting_ms[:batch]))
+            self._step(now_ms)
+            key = self._for_backlog(now_ms, waiting_ms)
+        return Decision(key, batch, self.completion_ms(key, now_ms, waiting_ms[:batch]))
 
-    def _step(self, now_ms: float, waiting_ms: Sequence[float]) -> None:
+    def _step(self, now_ms: float) -> None:
+        """Move the serving subnet by the steady state at the measured arrival rate: down at once
+        when it no longer fits, up after the headroom has lasted (hysteresis)."""
         rate = self.arrival_rate(now_ms)
         here = self._rank[self.current]
-        if not self._fits(self.current, now_ms, waiting_ms, rate, up=False):
-            # Step down (never up: that takes the wait below): the most accurate less accurate
-            # candidate that fits, else the least costly one (a fallback that does not hang on
-            # one noisy prediction of the backlog).
-            below = self.ranked[here + 1:]
-            fitting = [p.key for p in below if self._fits(p.key, now_ms, waiting_ms, rate, up=False)]
+        if not self._steady_fits(self.current, rate, up=False):
+            # The most accurate less accurate candidate that fits, else the least costly one.
+            fitting = [p.key for p in self.ranked[here + 1:] if self._steady_fits(p.key, rate, up=False)]
             self._switch(fitting[0] if fitting else self.least_costly())
             return
-        better = [p.key for p in self.ranked[:here] if self._fits(p.key, now_ms, waiting_ms, rate, up=True)]
+        better = [p.key for p in self.ranked[:here] if self._steady_fits(p.key, rate, up=True)]
         if not better:
             self._headroom_since, self._headroom_batches = None, 0
             return
@@ -354,6 +354,18 @@ class SloController:
         if (now_ms - self._headroom_since >= self.config.up_hold_ms
                 and self._headroom_batches >= self.config.up_hold_batches):
             self._switch(better[0])
+
+    def _for_backlog(self, now_ms: float, waiting_ms: Sequence[float]) -> str:
+        """The subnet of this batch: the serving one, unless the requests waiting now (a stall, a
+        burst) would miss the target on it; then, for this batch only, the most accurate cheaper
+        candidate that clears them in time, else the least costly one. The serving subnet stays,
+        so a passing backlog costs a few batches of accuracy, not a step down and the hold
+        before the step back up. Lasting interference raises the slow-down factor and moves the
+        serving subnet itself (:meth:`_step`)."""
+        if self._clears(self.current, now_ms, waiting_ms):
+            return self.current
+        cheaper = self.ranked[self._rank[self.current] + 1:]  # candidates: less accurate means cheaper
+        return next((p.key for p in cheaper if self._clears(p.key, now_ms, waiting_ms)), self.least_costly())
 
     def _switch(self, key: str) -> None:
         self._headroom_since, self._headroom_batches = None, 0
