@@ -69,3 +69,14 @@ def test_output_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a directory"):
         output_dir(tmp_path / "file")
+
+
+def test_a_closed_pipe_is_not_an_internal_error():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pssnet", "info", "--arch", "mobilenet_v2", "--small-input"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head` that has already gone away
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "internal error" not in err, err
