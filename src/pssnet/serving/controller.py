@@ -29,8 +29,9 @@ Candidates: a subnet that another retained subnet matches or beats in accuracy a
 static cost (prior: latency table or FLOPs) is dominated and never chosen (``fixed`` may pin
 it). :class:`SloController` keeps a *serving* subnet: the most accurate candidate whose
 predicted latency in steady state, at the measured arrival rate, meets ``margin * target``. It
-starts on the least costly candidate (by the model: measured where measured), steps down at
-once when the serving subnet no longer fits (to the least costly candidate where none fits),
+starts on the least costly candidate (by the model: measured where measured), steps down when
+the serving subnet has missed for ``down_batches`` batches in a row (to the least costly
+candidate where none fits),
 and steps up only after a more accurate candidate has met the stricter ``up_margin`` for
 ``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the serving subnet would not
 clear within the target (a stall, a burst) is served, batch by batch, by the most accurate
@@ -88,6 +89,7 @@ class SloConfig:
     up_margin: float = 0.6  # a step up needs predictions within up_margin * target ...
     up_hold_ms: float = 2000.0  # ... continuously for this long
     up_hold_batches: int = 10  # ... and for this many batches
+    down_batches: int = 3  # a step down needs this many batches in a row that miss in steady state
     max_utilisation: float = 0.95  # share of a subnet's capacity the arrival rate may use
     up_utilisation: float = 0.85  # the same, for stepping up
     smoothing: float = 0.3  # EWMA weight of one observation in the slow-down factor
@@ -104,7 +106,7 @@ class SloConfig:
             (0 < self.up_margin <= self.margin <= 1, "need 0 < up_margin <= margin <= 1"),
             (0 < self.up_utilisation <= self.max_utilisation <= 1, "need 0 < up_utilisation <= max_utilisation <= 1"),
             (0 < self.smoothing <= 1, "smoothing must be in (0, 1]"),
-            (self.error_window >= 1 and self.up_hold_batches >= 1, "windows must be at least 1"),
+            (min(self.error_window, self.up_hold_batches, self.down_batches) >= 1, "windows must be at least 1"),
             (self.rate_window_ms > 0 and self.up_hold_ms >= 0 and self.batch_shape >= 0, "bad window or shape"),
         ]
         for ok, message in checks:
@@ -260,6 +262,7 @@ class SloController:
         self._first_arrival: Optional[float] = None
         self._headroom_since: Optional[float] = None
         self._headroom_batches = 0
+        self._misses = 0  # batches in a row whose serving subnet missed in steady state
 
     def least_costly(self) -> str:
         """The candidate with the least predicted time per request at ``max_batch`` (measured where
@@ -335,15 +338,20 @@ class SloController:
         return Decision(key, batch, self.completion_ms(key, now_ms, waiting_ms[:batch]))
 
     def _step(self, now_ms: float) -> None:
-        """Move the serving subnet by the steady state at the measured arrival rate: down at once
-        when it no longer fits, up after the headroom has lasted (hysteresis)."""
+        """Move the serving subnet by the steady state at the measured arrival rate: down when it
+        has missed for ``down_batches`` batches in a row (a single stall is the backlog's business,
+        :meth:`_for_backlog`), up after the headroom has lasted (hysteresis)."""
         rate = self.arrival_rate(now_ms)
         here = self._rank[self.current]
         if not self._steady_fits(self.current, rate, up=False):
+            self._misses += 1
+            if self._misses < self.config.down_batches:
+                return
             # The most accurate less accurate candidate that fits, else the least costly one.
             fitting = [p.key for p in self.ranked[here + 1:] if self._steady_fits(p.key, rate, up=False)]
             self._switch(fitting[0] if fitting else self.least_costly())
             return
+        self._misses = 0
         better = [p.key for p in self.ranked[:here] if self._steady_fits(p.key, rate, up=True)]
         if not better:
             self._headroom_since, self._headroom_batches = None, 0
@@ -368,7 +376,7 @@ class SloController:
         return next((p.key for p in cheaper if self._clears(p.key, now_ms, waiting_ms)), self.least_costly())
 
     def _switch(self, key: str) -> None:
-        self._headroom_since, self._headroom_batches = None, 0
+        self._headroom_since, self._headroom_batches, self._misses = None, 0, 0
         if key != self.current:
             self.current = key
             self.switches += 1
