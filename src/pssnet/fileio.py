@@ -163,17 +163,23 @@ def save_atomic(obj: Any, path: PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_plain(path: PathLike, what: str, formats: Union[str, tuple[str, ...]], hint: str) -> dict:
-    """``torch.load(weights_only=True)`` of a pssnet file whose ``"format"`` is one of
-    ``formats``; every failure is a one-line :class:`UserError` ending in ``hint``."""
+def load_weights_only(path: PathLike, what: str, hint: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a missing or unreadable file is a one-line
+    :class:`UserError` naming ``what`` and ending in ``hint``."""
     path = Path(path)
-    formats = (formats,) if isinstance(formats, str) else tuple(formats)
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist; {hint}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated file, or not a weights_only-safe file
         raise UserError(f"cannot read {what} '{path}' ({type(exc).__name__}); {hint}") from None
+
+
+def load_plain(path: PathLike, what: str, formats: Union[str, tuple[str, ...]], hint: str) -> dict:
+    """``torch.load(weights_only=True)`` of a pssnet file whose ``"format"`` is one of
+    ``formats``; every failure is a one-line :class:`UserError` ending in ``hint``."""
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    data = load_weights_only(path, what, hint)
     if not isinstance(data, dict) or data.get("format") not in formats:
         raise UserError(f"'{path}' is not a {what} (format {' or '.join(formats)}); {hint}")
     return data

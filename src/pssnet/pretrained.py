@@ -30,6 +30,7 @@ from torch import nn
 
 from .architectures import RESNET50_STAGES
 from .errors import UserError
+from .fileio import load_weights_only
 from .supernet import Supernet
 
 # Architectures whose largest subnet is a torchvision model of this name.
@@ -124,10 +125,7 @@ def _download(arch: str) -> Mapping[str, torch.Tensor]:
 def _read(path: pathlib.Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"--init {path}: no such file; pass 'torchvision' or a torchvision-format state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or one a weights-only load refuses
-        raise UserError(f"cannot read {path} as a weights-only state dict ({type(exc).__name__})") from None
+    state = load_weights_only(path, "--init state dict", "pass a state dict saved with torch.save")
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} is not a state dict (a mapping of names to tensors), as torchvision saves them")
     return state

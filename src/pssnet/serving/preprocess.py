@@ -21,13 +21,13 @@ from torchvision.transforms import v2
 
 from ..data.datasets import class_names as dataset_class_names
 from ..data.datasets import dataset_name, normalisation
+from ..data.transforms import EVAL_CROP_FRACTION
 from ..errors import UserError
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 NPY_TYPES = ("application/x-npy", "application/npy")
 SNIFFED_TYPES = ("", "application/octet-stream")  # decided by the body's first bytes
 MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"\x93NUMPY", "application/x-npy"))
-FOLDER_CROP = 0.875  # folder data sets are evaluated resized to size / 0.875, then centre-cropped
 
 
 class RequestError(Exception):
@@ -184,7 +184,7 @@ def preprocessing_for(info: Mapping[str, Any], entry: Optional[Mapping[str, Any]
     if "crop_ratio" in entry:
         crop = entry["crop_ratio"]
     else:  # bundles written before the entry existed
-        crop = FOLDER_CROP if spec and dataset_name(spec) == "folder" else None
+        crop = EVAL_CROP_FRACTION if spec and dataset_name(spec) == "folder" else None
     return Preprocessing(in_chans, image_size, tuple(float(m) for m in mean), tuple(float(s) for s in std),
                          tuple(str(n) for n in names), crop)
 
