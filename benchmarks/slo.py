@@ -11,10 +11,11 @@ other cores. Calibration first measures, through HTTP, the throughput of the lar
 smallest subnets with and without the burner (closed loop: full batches). The arrival rate is
 --load (0.6) of the largest's throughput, moved where the machine allows into the range where the
 largest is overloaded with interference and the smallest is not (never above 0.7 of the largest's
-throughput). Open-loop probes at that rate, as the replay runs, then give the target (twice the
-largest subnet's p95 without interference) and check that the smallest keeps it with the burner;
-the script warns where a condition fails. Without --bundle it runs `pssnet demo` first (or reuses
-runs/demo/adaptive.pt).
+throughput). The target is the largest subnet's time for TARGET_BATCHES (4) full batches at its
+measured throughput; open-loop probes at the chosen rate, as the replay runs, report the
+largest's p95 without interference and check that the smallest keeps the target with the
+burner; the script warns where a condition fails. Without --bundle it runs `pssnet demo` first
+(or reuses runs/demo/adaptive.pt).
 """
 
 from __future__ import annotations
@@ -357,6 +358,7 @@ def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float]
         "accuracy": statistics.fmean(accuracy[r.subnet] for r in served) if served else float("nan"),
         "p95_ms": float(np.percentile(latencies, 95)) if latencies else float("nan"),
         "switches": int(final["switches"]),
+        "overhead_ms": float(final["overhead_ms"]),  # the server's CPU per request outside forward passes
         "failed": sum(1 for r in results if not r.subnet) + len(arrivals) - len(results),
         "elapsed_s": elapsed,
         "timeline": [(r.start, r.latency_ms, flops.get(r.subnet, float("nan"))) for r in results],
@@ -440,7 +442,7 @@ def main() -> None:
     for name, run in runs.items():
         results.update({f"slo_attainment_{name}": run["attainment"], f"accuracy_{name}": run["accuracy"],
                         f"p95_ms_{name}": run["p95_ms"], f"switches_{name}": run["switches"],
-                        f"failed_{name}": run["failed"]})
+                        f"failed_{name}": run["failed"], f"overhead_ms_{name}": run["overhead_ms"]})
     results.update({f"calibration_{k}": v for k, v in setup.items() if k not in ("rate_per_s", "target_ms")})
     plot(runs, setup, args.duration_s, args.plot)
     rows = [(f"slo_attainment_{n}", f"{runs[n]['attainment']:.3f}", t) for n, t in

@@ -114,6 +114,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    return buffer.getvalue()
+
+
 def reference_probabilities(bundle_path: Path, key: str, x: torch.Tensor) -> torch.Tensor:
     """AdaptiveNet's own output for one input on the subnet that served it (independent of the server)."""
     net = AdaptiveNet.load(bundle_path)
@@ -170,6 +176,54 @@ def test_concurrent_requests_are_batched_and_all_answered(server):
     assert results == [200] * 12
 
 
+def test_fortran_order_big_endian_and_large_bodies_give_the_same_answer(server, bundle_path):
+    x = torch.randn(1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(5))
+    status, answer = server.predict(npy_bytes(x.numpy()), "application/x-npy")
+    assert status == 200
+    for variant in (np.asfortranarray(x.numpy()), x.numpy().astype(">f4")):
+        status, again = server.predict(npy_bytes(variant), "application/x-npy")
+        assert status == 200 and served_probabilities(again) == pytest.approx(served_probabilities(answer), abs=1e-6)
+    # a body over INLINE_DECODE_BYTES is decoded off the event loop, to the same input as in-process
+    from pssnet.serving.app import INLINE_DECODE_BYTES
+    from pssnet.serving.preprocess import preprocessing_for
+
+    pixels = np.random.default_rng(4).integers(0, 256, (400, 400), dtype=np.uint8)
+    body = png_bytes(pixels)
+    assert len(body) > INLINE_DECODE_BYTES
+    status, answer = server.predict(body, "image/png")
+    assert status == 200
+    info = AdaptiveNet.load(bundle_path).info
+    x = preprocessing_for(info, info.get("preprocessing")).decode(body, "image/png")
+    expected = reference_probabilities(bundle_path, answer["subnet"], x)
+    for cls, p in served_probabilities(answer).items():
+        assert p == pytest.approx(float(expected[int(cls)]), abs=1e-5)
+
+
+def test_predict_takes_post_only(server):
+    status, ctype, body = server.get("/predict")
+    assert status == 405 and ctype == "application/json" and "POST" in json.loads(body)["error"]
+    status, _, _ = server.get("/no-such-endpoint")
+    assert status == 404
+
+
+def test_the_npy_reader_agrees_with_numpy_and_never_unpickles():
+    from pssnet.serving.preprocess import RequestError, _load_npy
+
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal((3, 5)).astype(np.float32), np.asfortranarray(rng.standard_normal((4, 2, 3))),
+              rng.integers(0, 256, (7, 6, 3), dtype=np.uint8), np.arange(5, dtype=">f8"), np.float32(2.5),
+              np.zeros((0, 3), dtype=np.float32)]
+    for array in arrays:
+        got, expected = _load_npy(npy_bytes(array)), np.load(io.BytesIO(npy_bytes(array)), allow_pickle=False)
+        assert got.dtype == expected.dtype and got.shape == expected.shape and np.array_equal(got, expected)
+    good = npy_bytes(np.zeros(3, dtype=np.float32))
+    for bad in (b"", good[:8], good[:-1], good + b"\0", npy_bytes(np.array([None, 1], dtype=object)), npz_bytes(),
+                good[:6] + b"\x09" + good[7:], good[:8] + b"\xff\xff" + good[10:]):
+        with pytest.raises(RequestError) as error:
+            _load_npy(bad)
+        assert error.value.status == 400 and error.value.message
+
+
 def png_bomb() -> bytes:
     """A PNG whose header claims 100000 x 100000 pixels (10 G) in a few hundred bytes: the pixel
     cap must refuse it from the header, before any decoding."""
@@ -192,6 +246,8 @@ def png_bomb() -> bytes:
     ("float-wrong-shape", "application/x-npy", 400),
     ("int64-array", "application/x-npy", 400),
     ("pickled-object-array", "application/x-npy", 400),
+    ("truncated-npy", "application/x-npy", 400),
+    ("npz-archive", "application/x-npy", 400),
     (b"x=1", "application/x-www-form-urlencoded", 415),
     (b"{}", "application/json", 415),
     ("bomb", "image/png", 413),
@@ -202,6 +258,8 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, body,
         "float-wrong-shape": lambda: npy_bytes(np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)),
         "int64-array": lambda: npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.int64)),
         "pickled-object-array": lambda: npy_bytes(np.array([{"a": 1}], dtype=object)),
+        "truncated-npy": lambda: npy_bytes(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))[:-4],
+        "npz-archive": npz_bytes,
         "bomb": png_bomb,
         "huge-image": lambda: png_bytes(np.zeros((4200, 4200), dtype=np.uint8)),
     }
@@ -248,6 +306,9 @@ def test_status_metrics_and_healthz(server):
     flops = next(float(line.split()[-1]) for line in text.splitlines()
                  if line.startswith("pssnet_current_subnet_mflops"))
     assert flops == pytest.approx(info["subnet_mflops"])
+    switches = next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("pssnet_subnet_switches_total"))
+    assert switches == info["switches"] and "pssnet_backlog_batches_total" in text  # one meaning of a switch
 
 
 def test_fixed_smallest_and_sigterm_drains_the_request_in_flight(bundle_path):

@@ -17,10 +17,11 @@ subnet ``k`` occupies the server for
   share of a batch's time that is HTTP work would be read as a slow-down of the forward pass
   and charged again, multiplied, to the expensive subnets.
 - ``slowdown``: one shared factor, an EWMA of each forward pass's observed time over its base
-  time (of the median of the last three such ratios, so that one odd batch does not move it). Where the worker reports CPU times it is corrected for the HTTP work done by other
-  threads during the pass (that is already in ``overhead``): observed = the pass's own CPU time
-  divided by the share of the core the process got meanwhile. Interference seen on one subnet
-  thus moves the estimates of all.
+  time (of the median of the last three such ratios, so that one odd batch does not move it).
+  Where the worker reports CPU times it is corrected for the HTTP work done by other threads
+  during the pass (that is already in ``overhead``): observed = the pass's own CPU time divided
+  by the share of the core the process got meanwhile. Interference seen on one subnet thus
+  moves the estimates of all.
 
 The target quantile enters through the recent prediction errors: predictions are stretched by
 the errors' quantile before they are compared with the target.
@@ -31,9 +32,8 @@ it). :class:`SloController` keeps a *serving* subnet: the most accurate candidat
 predicted latency in steady state, at the measured arrival rate, meets ``margin * target``. It
 starts on the least costly candidate (by the model: measured where measured), steps down when
 the serving subnet has missed for ``down_batches`` batches in a row (to the least costly
-candidate where none fits),
-and steps up only after a more accurate candidate has met the stricter ``up_margin`` for
-``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the serving subnet would not
+candidate where none fits), and steps up only after a more accurate candidate has met the
+stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the serving subnet would not
 clear within the target (a stall, a burst) is served, batch by batch, by the most accurate
 cheaper candidate that clears it, without moving the serving subnet.
 """

@@ -13,7 +13,7 @@ LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.1
 
 
 class ServingMetrics:
-    """Request latency histogram, SLO misses, switches, current subnet's FLOPs and batch sizes."""
+    """Request latency histogram, SLO misses, switches and backlog batches, current subnet's FLOPs and batch sizes."""
 
     def __init__(self, target_ms: float, max_batch: int, window: int = 2000) -> None:
         self.target_ms = target_ms
@@ -25,7 +25,10 @@ class ServingMetrics:
                                   registry=r)
         self.rejected = Counter("pssnet_rejected_requests", "Requests refused with a 4xx status", ["status"],
                                 registry=r)
-        self.switches = Counter("pssnet_subnet_switches", "Changes of the serving subnet", registry=r)
+        self.switches = Counter("pssnet_subnet_switches", "Changes of the serving subnet (as /status counts them)",
+                                registry=r)
+        self.backlog_batches = Counter("pssnet_backlog_batches", "Batches run on a cheaper subnet than the serving "
+                                       "one, to clear a backlog in time", registry=r)
         self.subnet_flops = Gauge("pssnet_current_subnet_mflops", "MFLOPs of the subnet serving now", registry=r)
         self.slowdown = Gauge("pssnet_slowdown_factor", "Observed over base service time (EWMA)", registry=r)
         self.batch_size = Histogram("pssnet_batch_size", "Requests per inference batch",
@@ -33,6 +36,7 @@ class ServingMetrics:
         self.target = Gauge("pssnet_latency_target_seconds", "The latency target", registry=r)
         self.target.set(target_ms / 1e3)
         self._recent: deque[float] = deque(maxlen=window)
+        self._switches_seen = 0  # of the controller's count, already added to the counter
         self._lock = threading.Lock()
 
     def record_request(self, latency_ms: float) -> None:
@@ -42,10 +46,16 @@ class ServingMetrics:
         with self._lock:
             self._recent.append(latency_ms)
 
-    def record_batch(self, size: int, switched: bool, flops: float, slowdown: float) -> None:
+    def record_decision(self, serving_switches: int, backlog: bool) -> None:
+        """The controller's count of serving-subnet changes so far, and whether this batch clears a backlog."""
+        if serving_switches > self._switches_seen:
+            self.switches.inc(serving_switches - self._switches_seen)
+            self._switches_seen = serving_switches
+        if backlog:
+            self.backlog_batches.inc()
+
+    def record_batch(self, size: int, flops: float, slowdown: float) -> None:
         self.batch_size.observe(size)
-        if switched:
-            self.switches.inc()
         self.subnet_flops.set(flops)
         self.slowdown.set(slowdown)
 

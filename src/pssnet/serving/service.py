@@ -62,7 +62,8 @@ class ServingService:
         if config.threads:
             torch.set_num_threads(config.threads)  # the process serves this bundle only
         self.adaptive = AdaptiveNet.load(config.bundle)
-        self.preprocessing: Preprocessing = preprocessing_for(self.adaptive.info, self.adaptive.info.get("preprocessing"))
+        info = self.adaptive.info
+        self.preprocessing: Preprocessing = preprocessing_for(info, info.get("preprocessing"))
         profiles = subnet_profiles(self.adaptive.subnets, self.adaptive.kinds)
         self.controller = SloController(profiles, config.slo, resolve_fixed(self.adaptive, config.fixed))
         slo = config.slo

@@ -86,6 +86,8 @@ class InferenceWorker:
                 now = 1e3 * self.clock()
                 self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals])
                 decision = self.controller.choose(now, [1e3 * job.arrival for job in pending.waiting])
+                serving, switches = self.controller.current, self.controller.switches
+            self.metrics.record_decision(switches, backlog=decision.key != serving)
             self._run(self.batcher.take(decision.batch), decision.key)
 
     def _run(self, jobs: list[Job], key: str) -> None:
@@ -94,8 +96,7 @@ class InferenceWorker:
         if not jobs:
             return
         retained = self._by_key[key]
-        switched = self.adaptive.current is not retained
-        if switched:
+        if self.adaptive.current is not retained:
             self.adaptive.switch_to(retained)
         with self.lock:
             size = self.controller.model.run_size(key, len(jobs))
@@ -126,6 +127,6 @@ class InferenceWorker:
             else:
                 self.controller.observe(key, len(jobs), service_ms)
             slowdown = self.controller.model.slowdown
-        self.metrics.record_batch(len(jobs), switched, retained.resources.get("flops", 0.0), slowdown)
+        self.metrics.record_batch(len(jobs), retained.resources.get("flops", 0.0), slowdown)
         for job, row in zip(jobs, probabilities.tolist()):
             job.future.set_result(Prediction(row, key, 1e3 * (start - job.arrival), service_ms))
