@@ -1,0 +1,39 @@
+"""The pure parts of ``benchmarks/slo.py``: its arrival trace, rate choice and p95 (the load
+test itself runs for minutes and needs a quiet machine, so it is run by hand)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import slo  # noqa: E402
+
+
+def test_the_arrival_trace_is_seeded_poisson_and_bounded():
+    trace = slo.poisson_trace(200.0, 30.0, seed=3)
+    assert trace == slo.poisson_trace(200.0, 30.0, seed=3) != slo.poisson_trace(200.0, 30.0, seed=4)
+    assert trace == sorted(trace) and 0 < trace[0] and trace[-1] < 30.0
+    assert len(trace) == pytest.approx(200 * 30, rel=0.05)  # 6000 +- 77 (one sd): 5 % is 4 sd
+    assert len(slo.poisson_trace(1e6, 1.0, seed=0)) == slo.MAX_REQUESTS
+
+
+def test_the_rate_is_moved_into_the_window_where_only_the_largest_is_overloaded():
+    # 0.6 x 500 = 300 lies above 1.1 x 250 and below 0.8 x 450: kept
+    assert slo.pick_rate(500, 250, 450, 0.6) == pytest.approx(300)
+    # below 1.1 x the largest's throughput with interference: raised to it
+    assert slo.pick_rate(500, 290, 450, 0.6) == pytest.approx(319)
+    # above 0.8 x the smallest's with interference: lowered to it
+    assert slo.pick_rate(500, 200, 350, 0.6) == pytest.approx(280)
+    # never above 0.7 x the largest's throughput
+    assert slo.pick_rate(500, 200, 1000, 0.9) == pytest.approx(350)
+    # no window (the smallest is barely faster): left at the load, and the benchmark warns
+    assert slo.pick_rate(500, 300, 320, 0.6) == pytest.approx(300)
+
+
+def test_a_timed_out_request_counts_as_the_timeout_in_the_p95():
+    latencies = [10.0] * 90 + [float("inf")] * 10
+    assert slo.p95_ms(latencies) == pytest.approx(1e3 * slo.REQUEST_TIMEOUT_S)
+    assert slo.p95_ms([float(i) for i in range(1, 101)]) == pytest.approx(95.05)
