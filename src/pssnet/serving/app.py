@@ -7,9 +7,9 @@ with inference, and FastAPI's middleware stack, dependency resolution and thread
 more CPU per request than serving the smallest subnet's share of a batch (py-spy on the demo's
 bundle under load: three quarters of the process's Python time was on the event loop, and the
 closed-loop throughput of the smallest subnet rose from 811 to 1,180 requests/s with this
-handler and the ``.npy`` reader of :mod:`.preprocess`). The bare handler does only
-what the endpoint needs; bodies up to ``INLINE_DECODE_BYTES`` are decoded on the event loop,
-larger ones (real photos) in a thread so that the loop keeps accepting requests.
+handler and the ``.npy`` reader of :mod:`.preprocess`). The bare handler does only what the
+endpoint needs; bodies up to ``INLINE_DECODE_BYTES`` are decoded on the event loop, larger ones
+(real photos) in a thread so that the loop keeps accepting requests.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ async def _read_body(receive: Receive, declared: Optional[bytes], limit: int) ->
             return b"".join(chunks)
 
 
-async def _send_json(send: Send, status: int, payload: Any, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def _send_json(send: Send, status: int, payload: Any,
+                     extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra_headers]

@@ -33,9 +33,9 @@ predicted latency in steady state, at the measured arrival rate, meets ``margin 
 starts on the least costly candidate (by the model: measured where measured), steps down when
 the serving subnet has missed for ``down_batches`` batches in a row (to the least costly
 candidate where none fits), and steps up only after a more accurate candidate has met the
-stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the serving subnet would not
-clear within the target (a stall, a burst) is served, batch by batch, by the most accurate
-cheaper candidate that clears it, without moving the serving subnet.
+stricter ``up_margin`` for ``up_hold_ms`` and ``up_hold_batches`` in a row. A backlog that the
+serving subnet would not clear within the target (a stall, a burst) is served, batch by batch,
+by the most accurate cheaper candidate that clears it, without moving the serving subnet.
 """
 
 from __future__ import annotations
