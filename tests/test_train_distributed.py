@@ -61,3 +61,40 @@ def test_failing_rank_exits_non_zero_with_message(tmp_path):
     assert "rank 1 of 2 failed: RuntimeError: injected failure on purpose" in proc.stderr
     assert time.monotonic() - start < 200
     assert not (tmp_path / "fail" / "final.pt").exists()
+
+
+def test_ctrl_c_under_torchrun_checkpoints_and_the_named_command_resumes(tmp_path):
+    """Ctrl-C in a terminal signals torchrun's process group; torchrun forwards it to its workers
+    (which run in sessions of their own). Both ranks stop at the same iteration after a
+    checkpoint, the message names the torchrun command, and that command finishes the run."""
+    import signal
+
+    out = tmp_path / "ddp"
+    proc = subprocess.Popen([*TORCHRUN, "-m", "pssnet", *_args(out, "--max-iters", "400")], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        metrics = out / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and metrics.read_text().count("loss_largest") >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and not (out / "final.pt").exists()
+    command = f"torchrun --nproc_per_node 2 -m pssnet train --out {out} --resume"
+    assert f"(checkpoint written); continue with: {command}" in stderr, stderr[-3000:]
+    stopped = int(stderr.split("after iteration ")[1].split()[0])
+    assert 4 <= stopped < 24 and list((out / "checkpoints").glob(f"ckpt-{stopped:09d}.pt"))
+
+    resumed = subprocess.run([*TORCHRUN, "-m", "pssnet", *_args(out, "--max-iters", "24", "--resume")],
+                             env=_env(), capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1] == {"event": "done", "iteration": 24} and (out / "final.pt").exists()
+    assert [r["iteration"] for r in rows if "loss_largest" in r] == list(range(2, 25, 2))  # one log, no gap

@@ -180,6 +180,13 @@ def resume_config(saved: Mapping[str, Any], current: TrainConfig,
     return config, changed
 
 
+def resume_command(run_dir: pathlib.Path, world_size: int) -> str:
+    """The command that continues the run in ``run_dir`` with ``world_size`` processes."""
+    if world_size > 1:
+        return f"torchrun --nproc_per_node {world_size} -m pssnet train --out {run_dir} --resume"
+    return f"pssnet train --out {run_dir} --resume"
+
+
 def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pathlib.Path) -> None:
     """Refuse to resume with another number of processes: the data order, the global batch and the
     schedules all depend on it."""
@@ -187,7 +194,6 @@ def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pa
     if recorded is None or int(recorded) == world_size:
         return
     batch = int(checkpoint["config"]["batch_size"])
-    how = (f"torchrun --nproc_per_node {recorded} -m pssnet train --out {run_dir} --resume" if recorded > 1
-           else f"pssnet train --out {run_dir} --resume (one process, without torchrun)")
+    how = resume_command(run_dir, recorded) + ("" if recorded > 1 else " (one process, without torchrun)")
     raise UserError(f"this run was trained with {recorded} process(es) x batch {batch}, not {world_size}; "
                     f"resume it with {how}")

@@ -32,8 +32,8 @@ from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, 
 from .config import TrainConfig
 from .interrupt import StopSignals, TrainingInterrupted
 from .options import check_bounds
-from .run_dir import (RunLock, check_world_size, remove_if_unused, remove_stray_files, resume_config, saved_config,
-                      set_aside_checkpoints)
+from .run_dir import (RunLock, check_world_size, remove_if_unused, remove_stray_files, resume_command, resume_config,
+                      saved_config, set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .data_order import EpochView, epoch_order, rank_seed
@@ -336,7 +336,8 @@ class Trainer:
             self._checkpoint(state)
         if signum:
             raise TrainingInterrupted(signum, f"stopped by signal {signum} after iteration {state.iteration} "
-                                      f"(checkpoint written); continue with: pssnet train --out {self.out} --resume")
+                                      "(checkpoint written); continue with: "
+                                      + resume_command(self.out, self.ctx.world_size))
 
     def _checkpoint(self, state: TrainState) -> None:
         """Write a checkpoint (rank 0) with the run's process count and global batch (a resume must
