@@ -89,3 +89,28 @@ def test_bad_image_size(tmp_path, bad):
     _write_folder(tmp_path, 32, per_class=1)
     with pytest.raises(UserError, match="image size"):
         load_data(f"folder:{tmp_path}", image_size=bad)
+
+
+def test_the_fingerprint_follows_a_moved_folder_and_sees_renamed_or_added_files(tmp_path):
+    from pssnet.data import data_fingerprint
+
+    _write_folder(tmp_path / "a", 20)
+    before = data_fingerprint(load_data(f"folder:{tmp_path / 'a'}"))
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert data_fingerprint(load_data(f"folder:{tmp_path / 'b'}")) == before
+    assert data_fingerprint(load_data(f"folder:{tmp_path / 'b'}", image_size=16)) != before
+    (tmp_path / "b" / "train" / "cat" / "0.png").rename(tmp_path / "b" / "train" / "cat" / "9.png")
+    renamed = data_fingerprint(load_data(f"folder:{tmp_path / 'b'}"))
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "b" / "val" / "dog" / "7.png")
+    added = data_fingerprint(load_data(f"folder:{tmp_path / 'b'}"))
+    assert len({before, renamed, added}) == 3
+
+
+def test_the_fingerprint_of_in_memory_data_sees_one_pixel():
+    from pssnet.data import data_fingerprint
+
+    data = load_data("fashion-mnist-mini")
+    before = data_fingerprint(data)
+    assert before == data_fingerprint(load_data("fashion-mnist-mini")) and before.startswith("v1:")
+    data.test.images[3, 0, 5, 5] ^= 1
+    assert data_fingerprint(data) != before

@@ -2,12 +2,14 @@
 --resume, two writers, Ctrl-C, a diverged loss and another number of processes."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,6 +150,50 @@ def test_resume_with_another_world_size_says_how(tmp_path, capsys):
     assert _resume(out) == 2
     err = capsys.readouterr().err.strip()
     assert "2 process(es) x batch 8" in err and "torchrun --nproc_per_node 2" in err and len(err.splitlines()) == 1
+
+
+def _idx_copy_of_mini(root, change_a_label=False):
+    """The shipped mini Fashion-MNIST as IDX files in ``root`` (a ``fashion-mnist:DIR`` data set)."""
+    from pssnet.data.datasets import MINI_PATH
+
+    with np.load(MINI_PATH, allow_pickle=False) as mini:
+        arrays = {name: mini[name].astype(np.uint8) for name in mini.files}
+    if change_a_label:
+        arrays["train_labels"][0] = (arrays["train_labels"][0] + 1) % 10
+    root.mkdir(parents=True)
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        for kind, code in (("images", 3), ("labels", 1)):
+            array = arrays[f"{split}_{kind}"]
+            header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            (root / f"{prefix}-{kind}-idx{code}-ubyte").write_bytes(header + array.tobytes())
+    return root
+
+
+def test_resume_follows_moved_data_and_refuses_other_data(tmp_path, capsys):
+    first, out = _idx_copy_of_mini(tmp_path / "a"), tmp_path / "run"
+    assert _train(out, "--data", f"fashion-mnist:{first}", "--max-iters", "2") == 0
+    moved = first.rename(tmp_path / "b")
+    capsys.readouterr()
+    assert _resume(out, "--data", f"fashion-mnist:{moved}", "--max-iters", "3") == 0
+    assert f"--data fashion-mnist:{first} -> fashion-mnist:{moved}" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["data"] == f"fashion-mnist:{moved}"
+    assert torch.load(out / "final.pt", weights_only=True)["data"] == f"fashion-mnist:{moved}"  # what eval reads
+
+    other = _idx_copy_of_mini(tmp_path / "c", change_a_label=True)
+    for spec in (f"fashion-mnist:{other}", "fashion-mnist-mini"):  # one label differs; another copy
+        assert _resume(out, "--data", spec, "--max-iters", "4") == 2
+        err = capsys.readouterr().err.strip()
+        assert f"the data at {spec} is not the data this run trained on" in err and len(err.splitlines()) == 1
+    assert _resume(out, "--data", f"mnist:{moved}", "--max-iters", "4") == 2  # another kind of data
+    assert f"--data fashion-mnist:{moved} -> mnist:{moved}" in capsys.readouterr().err
+
+    for path in (out / "checkpoints").glob("ckpt-*.pt"):  # as an older pssnet wrote them
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint.pop("data_fingerprint")
+        torch.save(checkpoint, path)
+    assert _resume(out, "--data", f"fashion-mnist:{other}", "--max-iters", "4") == 2
+    assert f"resume with --data fashion-mnist:{moved}" in capsys.readouterr().err
+    assert not list(out.glob("checkpoints/ckpt-000000004.pt")) and _resume(out, "--max-iters", "4") == 0
 
 
 def test_ranks_get_their_own_torch_seeds_and_augmentation_seeds():

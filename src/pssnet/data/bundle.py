@@ -3,8 +3,11 @@ every bundle's labels and splits pass before training starts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -41,6 +44,32 @@ def preprocessing_record(in_chans: int, image_size: int, mean, std, class_names,
     return {"in_chans": int(in_chans), "image_size": int(image_size), "mean": [float(m) for m in mean],
             "std": [float(s) for s in std], "class_names": [str(n) for n in class_names],
             "crop_ratio": None if crop_ratio is None else float(crop_ratio)}
+
+
+FINGERPRINT_VERSION = 1  # part of every fingerprint: a changed recipe never matches an old one
+
+
+def data_fingerprint(data: DataBundle) -> str:
+    """What identifies a data set wherever it lies (so that a run can follow it to a new
+    directory): its kind, classes, image size and split sizes, every label, and the pixels of
+    in-memory data or the files' paths within an image folder's splits (not their contents:
+    reading every image would take as long as an epoch)."""
+    digest = hashlib.sha256(json.dumps([data.name, data.num_classes, data.in_chans, data.image_size,
+                                        data.preprocessing.get("class_names"), len(data.train),
+                                        len(data.test)]).encode())
+    for split in (data.train, data.test):
+        for part in _identity_parts(split):
+            digest.update(part)
+    return f"v{FINGERPRINT_VERSION}:{digest.hexdigest()[:32]}"
+
+
+def _identity_parts(split: Dataset) -> Iterator[bytes]:
+    if isinstance(split, ArrayImageDataset):
+        yield split.labels.numpy().tobytes()
+        yield split.images.numpy().tobytes()
+    elif hasattr(split, "samples") and hasattr(split, "root"):  # torchvision's ImageFolder
+        for path, label in split.samples:
+            yield f"{os.path.relpath(path, split.root)}\0{label}\n".encode()
 
 
 class ArrayImageDataset(Dataset):

@@ -78,8 +78,9 @@ class TrainConfig:
     preset: Optional[str] = option(None, group=_WHAT, choices=_preset_names,
                                    help="named set-up; explicit flags override it")
     arch: str = option("", group=_WHAT, choices=_architecture_names, help="supernet architecture")
-    data: str = option("", group=_WHAT, metavar="SPEC", help="fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, "
-                                                             "cifar100:DIR, folder:DIR or fashion-mnist-mini")
+    data: str = option("", group=_WHAT, metavar="SPEC", on_resume="data",
+                       help="fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR or "
+                            "fashion-mnist-mini; on --resume it may name the same data in another place")
     out: str = option("", group=_RUN, on_resume="local", metavar="DIR", required=True, help="run directory")
     constraints: list[str] = option(
         flag="--constraint", group=_WHAT, repeat=True, metavar="TYPE:START:STOP:STEP", default_factory=list,

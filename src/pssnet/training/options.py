@@ -18,8 +18,10 @@ Metadata keys:
              Checked by :func:`check_bounds` (on every element of a list), which also requires
              every float to be finite;
 ``on_resume`` what a ``--resume`` may do with the option: ``"local"`` (where and how this process
-             runs; always taken from the command line), ``"harmless"`` (may change; reported), or
-             absent (fixed: a change alters what is trained and is refused).
+             runs; always taken from the command line), ``"harmless"`` (may change; reported),
+             ``"data"`` (the data spec: may name another directory of the same kind of data, which
+             the trainer then checks against the fingerprint the run recorded), or absent (fixed: a
+             change alters what is trained and is refused).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Any, Collection, Mapping, Optional
 
+from ..data.datasets import dataset_name
 from ..errors import UserError
 from ..fileio import write_text_atomic
 from .checkpoint import list_checkpoints
@@ -169,6 +170,8 @@ def resume_config(saved: Mapping[str, Any], current: TrainConfig,
         asked = opt.path in given if given is not None else new != opt.get(defaults)
         if not asked or new == old:
             continue
+        if mode == "data" and dataset_name(new) == dataset_name(old):
+            mode = "harmless"  # moved data: the trainer checks it against the run's data fingerprint
         (changed if mode == "harmless" else refused).append(f"{_label(opt)} {_show(old)} -> {_show(new)}")
         if mode == "harmless":
             opt.set(config, new)
@@ -185,6 +188,23 @@ def resume_command(run_dir: pathlib.Path, world_size: int) -> str:
     if world_size > 1:
         return f"torchrun --nproc_per_node {world_size} -m pssnet train --out {run_dir} --resume"
     return f"pssnet train --out {run_dir} --resume"
+
+
+def check_data(checkpoint: Mapping[str, Any], fingerprint: str, spec: str) -> None:
+    """Refuse to resume on other data than the run trained on: the data at ``spec`` must have the
+    fingerprint the checkpoint recorded (:func:`pssnet.data.data_fingerprint`), wherever it lies.
+    A checkpoint written before fingerprints were recorded may resume on its own spec only."""
+    recorded, trained_on = checkpoint.get("data_fingerprint"), checkpoint["config"]["data"]
+    if recorded is None or recorded.split(":")[0] != fingerprint.split(":")[0]:
+        if spec != trained_on:
+            raise UserError(f"this run's checkpoint does not record its data in a form this pssnet can check "
+                            f"(written by another version), so --data {spec} cannot be checked against "
+                            f"{trained_on}; resume with --data {trained_on}")
+        return
+    if recorded != fingerprint:
+        raise UserError(f"the data at {spec} is not the data this run trained on ({trained_on}: its classes, "
+                        "sizes, labels, images or file names differ); resume with that data, or train the "
+                        "new data into a new --out")
 
 
 def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pathlib.Path) -> None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..constraints import parse_constraints
 from ..resources import ResourceMeter, latency_kind_for
-from ..data import DataBundle, load_data, split_train
+from ..data import DataBundle, data_fingerprint, load_data, split_train
 from ..errors import UserError
 from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
@@ -32,8 +32,8 @@ from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, 
 from .config import TrainConfig
 from .interrupt import StopSignals, TrainingInterrupted
 from .options import check_bounds
-from .run_dir import (RunLock, check_world_size, remove_if_unused, remove_stray_files, resume_command, resume_config,
-                      saved_config, set_aside_checkpoints)
+from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, remove_stray_files, resume_command,
+                      resume_config, saved_config, set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .data_order import EpochView, epoch_order, rank_seed
@@ -79,6 +79,8 @@ class Trainer:
         self.ctx = ctx or init_distributed(config.device, config.dist_timeout_minutes)
         self.out = output_dir(config.out)
         self.checkpoint: dict[str, Any] | None = None
+        self.data_fingerprint = ""  # of the data trained on; set when the data is loaded
+        self._resume_changes: list[str] = []  # harmless changes a --resume asked for
         self._last_save = time.monotonic()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -104,9 +106,8 @@ class Trainer:
                 self._note(f"note: {self.out} has no complete checkpoint; starting the run from the beginning")
             else:
                 check_world_size(self.checkpoint, self.ctx.world_size, self.out)
-            self.config, changed = resume_config(saved, self.config, given)
-            if changed:
-                self._note(f"resume: {', '.join(changed)}")
+            # Reported once the data is known to be the run's (a moved --data is one of them).
+            self.config, self._resume_changes = resume_config(saved, self.config, given)
         elif (self.out / "final.pt").exists() or self.checkpoint is not None:
             raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
         elif (self.out / "config.json").exists() or (self.out / "checkpoints").is_dir():
@@ -195,6 +196,7 @@ class Trainer:
         return {**self.config.to_dict(), "resolved": {
             "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
             "world_size": self.ctx.world_size, "model_config": state.net.config,
+            "data_fingerprint": self.data_fingerprint,
             "constraints": [x.to_dict() for x in state.constraints],
             "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}
 
@@ -247,6 +249,11 @@ class Trainer:
         self.config.validate()
         self._seed()
         data = load_data(self.config.data, self.config.image_size)
+        self.data_fingerprint = data_fingerprint(data)
+        if self.checkpoint is not None:
+            check_data(self.checkpoint, self.data_fingerprint, self.config.data)
+        if self._resume_changes:
+            self._note(f"resume: {', '.join(self._resume_changes)}")
         if self.ctx.is_main and data.description:
             print(f"data: {data.description}")
         train_set, holdout = self._without_holdout(data)
@@ -345,7 +352,8 @@ class Trainer:
         world = self.ctx.world_size
         rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
         if self.ctx.is_main:
-            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world}
+            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world,
+                       "data_fingerprint": self.data_fingerprint}
             save_checkpoint(self.out, content, self.config.checkpoint.keep)
         self._last_save = time.monotonic()
 
