@@ -68,8 +68,9 @@ def _identity_parts(split: Dataset) -> Iterator[bytes]:
         yield split.labels.numpy().tobytes()
         yield split.images.numpy().tobytes()
     elif hasattr(split, "samples") and hasattr(split, "root"):  # torchvision's ImageFolder
+        root = os.path.join(split.root, "")  # its paths are joined onto it: cut, not os.path.relpath (slow)
         for path, label in split.samples:
-            yield f"{os.path.relpath(path, split.root)}\0{label}\n".encode()
+            yield f"{path[len(root):] if path.startswith(root) else path}\0{label}\n".encode()
 
 
 class ArrayImageDataset(Dataset):
