@@ -1,5 +1,6 @@
-"""What :func:`pssnet.data.load_data` returns: a :class:`DataBundle` of datasets, and the checks
-every bundle's labels and splits pass before training starts."""
+"""What :func:`pssnet.data.load_data` returns: a :class:`DataBundle` of datasets, the checks
+every bundle's labels and splits pass before training starts, and the fingerprint that
+identifies a bundle's data wherever it lies (checked when a run resumes)."""
 
 from __future__ import annotations
 
@@ -46,33 +47,6 @@ def preprocessing_record(in_chans: int, image_size: int, mean, std, class_names,
             "crop_ratio": None if crop_ratio is None else float(crop_ratio)}
 
 
-FINGERPRINT_VERSION = 1  # part of every fingerprint: a changed recipe never matches an old one
-
-
-def data_fingerprint(data: DataBundle) -> str:
-    """What identifies a data set wherever it lies (so that a run can follow it to a new
-    directory): its kind, classes, image size and split sizes, every label, and the pixels of
-    in-memory data or the files' paths within an image folder's splits (not their contents:
-    reading every image would take as long as an epoch)."""
-    digest = hashlib.sha256(json.dumps([data.name, data.num_classes, data.in_chans, data.image_size,
-                                        data.preprocessing.get("class_names"), len(data.train),
-                                        len(data.test)]).encode())
-    for split in (data.train, data.test):
-        for part in _identity_parts(split):
-            digest.update(part)
-    return f"v{FINGERPRINT_VERSION}:{digest.hexdigest()[:32]}"
-
-
-def _identity_parts(split: Dataset) -> Iterator[bytes]:
-    if isinstance(split, ArrayImageDataset):
-        yield split.labels.numpy().tobytes()
-        yield split.images.numpy().tobytes()
-    elif hasattr(split, "samples") and hasattr(split, "root"):  # torchvision's ImageFolder
-        root = os.path.join(split.root, "")  # its paths are joined onto it: cut, not os.path.relpath (slow)
-        for path, label in split.samples:
-            yield f"{path[len(root):] if path.startswith(root) else path}\0{label}\n".encode()
-
-
 class ArrayImageDataset(Dataset):
     """Images held in memory as uint8 ``[N, H, W]`` or ``[N, H, W, C]`` arrays, with a transform."""
 
@@ -101,3 +75,30 @@ def check_split(labels: np.ndarray, num_classes: int, where: str) -> None:
         bad = low if low < 0 else high
         raise UserError(f"{where} has label {bad}, outside 0..{num_classes - 1} for {num_classes} classes; "
                         "fix or replace the label file")
+
+
+FINGERPRINT_VERSION = 1  # part of every fingerprint: a changed recipe never matches an old one
+
+
+def data_fingerprint(data: DataBundle) -> str:
+    """What identifies a data set wherever it lies (so that a run can follow it to a new
+    directory): its kind, classes, image size and split sizes, every label, and the pixels of
+    in-memory data or the files' paths within an image folder's splits (not their contents:
+    reading every image would take as long as an epoch)."""
+    digest = hashlib.sha256(json.dumps([data.name, data.num_classes, data.in_chans, data.image_size,
+                                        data.preprocessing.get("class_names"), len(data.train),
+                                        len(data.test)]).encode())
+    for split in (data.train, data.test):
+        for part in _identity_parts(split):
+            digest.update(part)
+    return f"v{FINGERPRINT_VERSION}:{digest.hexdigest()[:32]}"
+
+
+def _identity_parts(split: Dataset) -> Iterator[bytes]:
+    if isinstance(split, ArrayImageDataset):
+        yield split.labels.numpy().tobytes()
+        yield split.images.numpy().tobytes()
+    elif hasattr(split, "samples") and hasattr(split, "root"):  # torchvision's ImageFolder
+        root = os.path.join(split.root, "")  # its paths are joined onto it: cut, not os.path.relpath (slow)
+        for path, label in split.samples:
+            yield f"{path[len(root):] if path.startswith(root) else path}\0{label}\n".encode()
