@@ -14,6 +14,8 @@ difference, and its spread. Runs are kept in --runs and reused when already fini
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing
 import pathlib
 import shlex
 import statistics
@@ -61,6 +63,9 @@ def _options(p) -> None:
     p.add_argument("--test-limit", type=positive_int, default=None,
                    help="evaluate on the first N test images (default all)")
     p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="train and evaluate up to N runs at once, each in its own process (one large GPU holds "
+                        "several of these small runs; on a CPU give each job its own cores with --threads)")
     p.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/compare"))
     p.add_argument("--results-md", type=pathlib.Path, default=pathlib.Path("docs/results.md"))
     p.add_argument("--plot", type=pathlib.Path, default=pathlib.Path("docs/compare_samplers.png"))
@@ -76,10 +81,13 @@ def train(args, sampler: str, seed: int, num_train: int) -> pathlib.Path:
     # This script's options (defaults: the preset's), then the sampler and seed compared.
     update_config(config, {
         "arch": args.arch, "data": args.data, "constraints": [args.constraint], "batch_size": args.batch_size,
+        # The preset's one epoch would cap --iters: let the epochs cover the iterations asked for.
+        "epochs": math.ceil(args.iters * args.batch_size / num_train),
         "max_iters": args.iters, "resolutions": [int(x) for x in args.resolutions.split(":")],
         "holdout": args.holdout,  # kept out of training; evaluation selects on exactly these images
         "recipe": {"lr": args.lr, "warmup_epochs": args.warmup_iters * args.batch_size / num_train},
-        "sampler": {"name": sampler}, "seed": seed, "threads": args.threads, "device": args.device})
+        "sampler": {"name": sampler}, "seed": seed, "threads": args.threads, "device": args.device,
+        "progress": args.jobs == 1})
     t0 = time.perf_counter()
     Trainer(config).run()
     _record_seconds(out, "train", time.perf_counter() - t0)
@@ -206,6 +214,37 @@ def markdown(args, results: dict[str, list[EvalResult]], rows: list[dict], summa
     return "\n".join(lines)
 
 
+def _load_data(args):
+    data = load_data(args.data)
+    if args.test_limit:
+        data.test = Subset(data.test, range(min(args.test_limit, len(data.test))))
+    return data
+
+
+def _eval_config(args) -> EvalConfig:
+    return EvalConfig(top_k=args.top_k, calib_batches=args.calib_batches, holdout=args.holdout,
+                      batch_size=args.batch_size, seed=0, device=args.device)
+
+
+def _run_job(args, sampler: str, seed: int) -> str:
+    """One run, trained and evaluated in a worker process (``--jobs``); its files are what the parent reuses."""
+    torch.set_num_threads(args.threads)
+    data = _load_data(args)
+    evaluate(args, train(args, sampler, seed, len(data.train)), data, _eval_config(args))
+    return f"{sampler}-seed{seed}"
+
+
+def _run_jobs(args) -> None:
+    """Train and evaluate every (sampler, seed) run in up to ``args.jobs`` processes at once."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_job, args, sampler, seed) for seed in args.seeds for sampler in SAMPLERS]
+        for future in as_completed(futures):
+            print(f"finished {future.result()}", flush=True)
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _options)
     torch.set_num_threads(args.threads)
@@ -213,11 +252,10 @@ def main() -> None:
         resolve_device(args.device)  # fail now, not after loading the data, when the device is missing
     except UserError as error:
         sys.exit(f"compare_samplers.py: {error}")
-    data = load_data(args.data)
-    if args.test_limit:
-        data.test = Subset(data.test, range(min(args.test_limit, len(data.test))))
-    config = EvalConfig(top_k=args.top_k, calib_batches=args.calib_batches, holdout=args.holdout,
-                        batch_size=args.batch_size, seed=0, device=args.device)
+    if args.jobs > 1:
+        _run_jobs(args)
+    data = _load_data(args)
+    config = _eval_config(args)
     results: dict[str, list[EvalResult]] = {s: [] for s in SAMPLERS}
     for seed in args.seeds:
         for sampler in SAMPLERS:

@@ -13,9 +13,10 @@
 #
 # OUT_DIR: the argument, else $OUT, else ./gpu-check. Python: $PYTHON (an interpreter with pssnet
 # installed), else the Makefile's venv (.venv, created by `make venv` as for `make test`).
+# STEP_TIMEOUT (seconds, default 240): a step that runs longer is stopped and reported as failed.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY_RUN=0
 OUT_ARG=""
@@ -115,7 +116,7 @@ run_step() {
     local log="$OUT_DIR/logs/$name.log" status=ok start end
     echo "== $name: $*"
     start=$(date +%s.%N)
-    if ! (cd "$ROOT" && "$@") >"$log" 2>&1; then
+    if ! (cd "$ROOT" && timeout --kill-after=10 "${STEP_TIMEOUT:-240}" "$@") >"$log" 2>&1; then
         status=FAILED
         FAILED=1
         tail -n 15 "$log" | sed 's/^/   | /'
