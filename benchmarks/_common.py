@@ -34,23 +34,32 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
 
 
 def interleaved_times(fns: dict[str, Callable[[int], object]], repeats: int, warmup: int = 1,
-                      sync: Callable[[], object] | None = None) -> dict[str, list[float]]:
+                      sync: Callable[[], object] | None = None,
+                      prime: Callable[[int], object] | None = None) -> dict[str, list[float]]:
     """Seconds of each ``fn(i)`` for repeats ``i = warmup .. warmup + repeats - 1``, in alternation.
 
     Every function gets the same index in a round, so all can work on the same input; warm-up
     rounds use indices ``0 .. warmup - 1``. ``sync`` (e.g. ``torch.cuda.synchronize``) runs
-    before the clock is read, so asynchronous work is counted where it was queued.
+    before the clock is read, so asynchronous work is counted where it was queued. The order
+    rotates from round to round, so no function always runs first (or right after another).
+    ``prime(i)``, if given, runs untimed before round ``i``: the first call on a new input can
+    pay one-off costs (on a GPU, cuDNN plans for new shapes) that would otherwise fall on
+    whichever function runs first.
     """
     wait = sync or (lambda: None)
+    names = list(fns)
     for i in range(warmup):
         for fn in fns.values():
             fn(i)
     wait()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup, warmup + repeats):
-        for name, fn in fns.items():
+    for r, i in enumerate(range(warmup, warmup + repeats)):
+        if prime is not None:
+            prime(i)
+            wait()
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            fn(i)
+            fns[name](i)
             wait()
             times[name].append(time.perf_counter() - t0)
     return times

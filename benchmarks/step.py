@@ -4,8 +4,9 @@
     python benchmarks/step.py --device cuda --amp --json bench-step-cuda.json
 
 All variants train the same subnets: one seeded sequence is drawn once from the PSS sampler,
-and each repeat runs every variant on the same subnet and the same batch, interleaved, in one
-process with the same threads. An iteration is the library's ``SandwichStep`` (largest + sampled
+and each repeat runs every variant on the same subnet and the same batch, interleaved (in an
+order that rotates from repeat to repeat, after one untimed run of the subnet in each precision),
+in one process with the same threads. An iteration is the library's ``SandwichStep`` (largest + sampled
 + smallest) plus its sampler's cost, which is timed on its own over a whole training schedule
 (progress 0 to 1, pools filling) and added on top:
 
@@ -143,13 +144,23 @@ def make_steps(bench: Bench, args) -> dict[str, SandwichStep]:
 
 
 def time_steps(bench: Bench, steps: dict[str, SandwichStep], subnets: list[Subnet], cuda: bool) -> dict[str, list[float]]:
-    """Seconds of each step variant per subnet (after warm-up), interleaved per subnet."""
+    """Seconds of each step variant per subnet (after warm-up), interleaved per subnet.
+
+    Each subnet is first run once untimed in every precision: its new layer shapes pay their
+    one-off costs (cuDNN plans on a GPU) there, not in whichever variant happens to run first.
+    """
     def bind(step: SandwichStep) -> Callable[[int], object]:
         return lambda i: step(*bench.batches[i], subnets[i])
 
+    primers = {s.amp: s for s in steps.values()}  # one step per precision
+
+    def prime(i: int) -> None:
+        for step in primers.values():
+            step(*bench.batches[i], subnets[i])
+
     sync = torch.cuda.synchronize if cuda else None  # time whole iterations, not kernel launches
     return interleaved_times({name: bind(s) for name, s in steps.items()}, repeats=len(subnets) - WARMUP,
-                             warmup=WARMUP, sync=sync)
+                             warmup=WARMUP, sync=sync, prime=prime)
 
 
 def summarise(steps: dict[str, list[float]], samplers: dict[str, float], args) -> dict:
