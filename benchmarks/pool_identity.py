@@ -70,7 +70,7 @@ def simulate(side: str, draws: int, pool_size: int, map_samples: int, seed: int)
     from pssnet.sampling import PSSSampler, build_space_map
 
     net = create_supernet("mobilenet_v2")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     c = Constraint.parse(CONSTRAINT)
     space_map, sampler_class = build_space_map(net.space, c, meter, map_samples, seed), PSSSampler
     if side == "raw":

@@ -29,7 +29,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], _options)
     net = create_supernet("mobilenet_v1")
     constraint = Constraint.parse("flops:110:570:10")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     seconds = median_seconds(lambda: build_space_map(net.space, constraint, meter, args.samples, seed=0),
                              repeats=args.repeats, warmup=0)
     space_map = build_space_map(net.space, constraint, meter, args.samples, seed=0)

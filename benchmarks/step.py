@@ -85,7 +85,7 @@ def _setup(args) -> Bench:
     net = create_supernet(args.arch, num_classes=CLASSES, in_chans=IN_CHANS, small_input=True).to(device).train()
     if args.channels_last:
         net.to(memory_format=torch.channels_last)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     constraint = Constraint.parse("flops:11:24:1" if args.arch == "mobilenet_v2" else "flops:16:46:2")
     space_map = build_space_map(net.space, constraint, meter, samples=args.map_samples, seed=args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -39,7 +39,7 @@ def synthetic_adaptive(num_subnets: int = 12, seed: int = 0) -> AdaptiveNet:
         entries.append(RetainedSubnet(s, (f"#{slot}",), resources, 50.0 + slot, 50.0 + slot, slot))
     bank = {name: {"mean": torch.stack([st[name][0] for st in stats]),
                    "var": torch.stack([st[name][1] for st in stats])} for name in stats[0]}
-    info = {"model_config": net.config, "image_size": 28}
+    info = {"model_config": net.config.to_dict(), "image_size": 28}
     return AdaptiveNet(net, entries, bank, info)
 
 

@@ -31,7 +31,7 @@ def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: st
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     pools: dict = {}
     if sampler == "pss":
         rng = random.Random(seed)
@@ -44,7 +44,7 @@ def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: st
                     pool.append({"subnet": s.to_dict(), "score": -rng.random()})
         for pool in pools["flops"].values():
             pool.sort(key=lambda e: -e["score"])
-    return {"format": "pssnet-run/1", "model_config": net.config, "state_dict": net.state_dict(),
+    return {"format": "pssnet-run/1", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
             "constraints": [CONSTRAINT.to_dict()], "pools": pools, "sampler": sampler, "data": data,
             "luts": {}, "seed": seed, "iterations": 0}
 

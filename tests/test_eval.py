@@ -73,7 +73,7 @@ def test_uniform_run_searches_same_number_of_candidates_inside_each_bucket():
     result, _ = evaluate_run(run, data, CONFIG)
     net = supernet_from_run(run, torch.device("cpu"))
     res, widths = net.space.sample_arrays(50_000, np.random.default_rng(1))
-    reachable = set(np.unique(CONSTRAINT.bucket_of(ResourceMeter(net).measure_arrays("flops", res, widths))))
+    reachable = set(np.unique(CONSTRAINT.bucket_of(ResourceMeter(net.layout).measure_arrays("flops", res, widths))))
     assert {b.target for b in result.budgets} == reachable & set(CONSTRAINT.targets)
     for b in result.budgets:
         assert len(b.candidates) == CONFIG.top_k
@@ -140,7 +140,7 @@ def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
 
 
 def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
-    from pssnet.evaluation.pipeline import _run_and_data
+    from pssnet.workflows.evaluate import _run_and_data
     from pssnet.fileio import save_atomic
 
     save_atomic({"format": "pssnet-run/1", "data": "fashion-mnist-mini", "holdout": {"count": 600, "seed": 1}},
@@ -161,7 +161,8 @@ def test_compare_reuses_eval_json_only_with_the_same_settings(tmp_path, capsys):
     import dataclasses
     import json
 
-    from pssnet.evaluation import evaluate_run_dir, load_eval, reuse_mismatch
+    from pssnet.evaluation import load_eval
+    from pssnet.workflows import evaluate_run_dir, reuse_mismatch
 
     for name, sampler in (("pss", "pss"), ("uni", "uniform")):
         (tmp_path / name).mkdir()

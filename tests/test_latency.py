@@ -34,7 +34,7 @@ def _field(key: str, prefix: str) -> int:
 def _synthetic_table(net, seed: int = 0) -> LatencyTable:
     rng = np.random.default_rng(seed)
     entries = {key: float(rng.uniform(0.01, 1.0)) for key in enumerate_configs(net.layout, net.space)}
-    return LatencyTable(entries, {"type": "cpu"}, net.config, overhead_ms=0.25)
+    return LatencyTable(entries, {"type": "cpu"}, net.config.to_dict(), overhead_ms=0.25)
 
 
 @pytest.fixture(scope="module")

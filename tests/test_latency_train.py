@@ -36,7 +36,7 @@ def train_lut(tmp_path_factory):
 def test_resource_meter_measures_latency_with_the_table(train_lut):
     net, path = train_lut
     table = LatencyTable.load(path)
-    meter = ResourceMeter(net, {"latency_cpu": table})
+    meter = ResourceMeter(net.layout, {"latency_cpu": table})
     rng = random.Random(0)
     subnets = [net.space.sample(rng) for _ in range(50)]
     for s in subnets[:5]:
@@ -48,7 +48,7 @@ def test_resource_meter_measures_latency_with_the_table(train_lut):
     with pytest.raises(UserError, match="latency_gpu needs a latency table"):
         meter.measure("latency_gpu", subnets[0])
     with pytest.raises(UserError, match="measured on 'cpu'"):
-        ResourceMeter(net, {"latency_gpu": table})
+        ResourceMeter(net.layout, {"latency_gpu": table})
 
 
 def test_multi_constraint_training_with_flops_and_cpu_latency(train_lut, tmp_path):
@@ -80,7 +80,7 @@ def test_multi_constraint_training_with_flops_and_cpu_latency(train_lut, tmp_pat
     assert str(path) in json.dumps(config)
     # The latency pools are keyed by the grid; every pooled subnet lies in its target's bucket.
     assert len(run["pools"]["latency_cpu"]) == 5
-    meter = ResourceMeter(net, {"latency_cpu": table})
+    meter = ResourceMeter(net.layout, {"latency_cpu": table})
     steps = {"flops": max(1, (flops_hi - flops_lo) // 4), "latency_cpu": lat_step}
     members = 0
     for kind, pools in run["pools"].items():

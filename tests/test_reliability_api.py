@@ -42,7 +42,7 @@ def test_the_target_limit_is_inclusive():
 def test_auto_count_must_be_an_integer_from_2_to_10000_not_clamped(count):
     net = tiny_supernet()
     with pytest.raises(UserError, match="integer COUNT from 2 to 10,000"):
-        parse_constraints([f"flops:auto:{count}"], ResourceMeter(net), net.space)
+        parse_constraints([f"flops:auto:{count}"], ResourceMeter(net.layout), net.space)
 
 
 # ---------------------------------------------------------------- subnets and create_supernet
@@ -108,7 +108,7 @@ def valid_bundle() -> dict:
     stats = {name: {"mean": torch.randn(2, bn.num_features), "var": torch.rand(2, bn.num_features) + 0.5}
              for name, bn in net.named_modules() if isinstance(bn, torch.nn.BatchNorm2d)}
     return {
-        "format": BUNDLE_FORMAT, "model_config": dict(net.config), "state_dict": net.state_dict(),
+        "format": BUNDLE_FORMAT, "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
         "constraints": [CONSTRAINT.to_dict()], "sampler": "pss", "select_on": "holdout", "data": None,
         "image_size": 20, "luts": {},
         "subnets": [{"subnet": s.to_dict(), "labels": [f"flops:{i}"], "resources": {"flops": pssnet.count_flops(net, s)},

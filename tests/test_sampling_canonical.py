@@ -101,7 +101,7 @@ def test_pss_pools_key_networks_not_multipliers():
     from pssnet.sampling import PSSSampler, build_space_map
 
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     c = Constraint.parse("flops:11:24:1")
     sampler = PSSSampler([c], {"flops": build_space_map(net.space, c, meter, samples=5_000, seed=0)}, meter,
                          seed=0, pool_size=50)

@@ -61,7 +61,7 @@ def test_bucket_vectorised_matches_scalar_and_reference():
 
 def test_meter_matches_counters_and_needs_tables():
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     rng = np.random.default_rng(1)
     res, widths = net.space.sample_arrays(5, rng)
     from pssnet.space import subnets_from_arrays
@@ -76,7 +76,7 @@ def test_meter_matches_counters_and_needs_tables():
 
 def test_auto_constraint_spans_space_and_duplicates_rejected():
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     c = auto_constraint("flops", meter, net.space, count=20)
     lo, hi = count_flops(net, net.space.smallest()), count_flops(net, net.space.largest())
     assert c.targets[0] == c.bucket_of(lo) and c.targets[-1] == c.bucket_of(hi)
@@ -90,7 +90,7 @@ def test_auto_constraint_spans_space_and_duplicates_rejected():
 @pytest.mark.parametrize("count", [5, 20, 40])
 def test_interior_auto_grid_drops_the_end_buckets(count):
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     full = auto_constraint("flops", meter, net.space, count=count)
     inner = parse_constraints([f"flops:interior:{count}"], meter, net.space)[0]
     assert inner == auto_constraint("flops", meter, net.space, count=count, interior=True)
@@ -103,8 +103,8 @@ def test_interior_auto_grid_drops_the_end_buckets(count):
 def test_interior_auto_grid_without_interior_targets_is_a_user_error():
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
     with pytest.raises(UserError, match="no target between the smallest and largest"):
-        parse_constraints(["flops:interior:2"], ResourceMeter(net), net.space)
+        parse_constraints(["flops:interior:2"], ResourceMeter(net.layout), net.space)
     with pytest.raises(UserError, match="write TYPE:interior:COUNT with an integer COUNT from 2"):
-        parse_constraints(["flops:interior:x"], ResourceMeter(net), net.space)
+        parse_constraints(["flops:interior:x"], ResourceMeter(net.layout), net.space)
     with pytest.raises(UserError, match="needs a model"):
         parse_constraints(["flops:interior"])

@@ -17,7 +17,7 @@ def net():
 
 def test_conditional_draws_land_in_bucket(net):
     c = Constraint.parse("flops:11:24:1")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     space_map = build_space_map(net.space, c, meter, samples=30_000, seed=0)
     rng = np.random.default_rng(0)
     assert space_map.unreachable_targets == ()
@@ -31,7 +31,7 @@ def test_conditional_draws_land_in_bucket(net):
 def test_params_map_and_extreme_targets_observed(net):
     # Uniform multipliers almost never reach the extreme buckets; the map must still see them.
     c = Constraint.parse("params:1.3:2.2:0.05")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     space_map = build_space_map(net.space, c, meter, samples=20_000, seed=3)
     lo = count_params(net, net.space.smallest()) / 1e6
     hi = count_params(net, net.space.largest()) / 1e6
@@ -45,7 +45,7 @@ def test_params_map_and_extreme_targets_observed(net):
 
 def test_unreachable_targets_named_once(net):
     c = Constraint.parse("flops:5:30:5")  # space spans about 10.7..23.9 MFLOPs
-    space_map = build_space_map(net.space, c, ResourceMeter(net), samples=5_000, seed=0)
+    space_map = build_space_map(net.space, c, ResourceMeter(net.layout), samples=5_000, seed=0)
     assert space_map.unreachable_targets == (5.0, 30.0)
     message = space_map.unreachable_message()
     assert "5, 30" in message and "2 of 6" in message
@@ -53,7 +53,7 @@ def test_unreachable_targets_named_once(net):
 
 def test_cache_round_trip_and_key(net, tmp_path):
     c = Constraint.parse("flops:11:24:1")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     first = build_space_map(net.space, c, meter, samples=4_000, seed=5, cache_dir=tmp_path)
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
@@ -67,13 +67,13 @@ def test_cache_round_trip_and_key(net, tmp_path):
             map_cache_key(net.space, Constraint.parse("flops:11:24:0.5"), meter, 4_000, 5)}
     assert len(keys) == 4
     other = create_supernet("mobilenet_v1", num_classes=10, in_chans=1, small_input=True)
-    assert map_cache_key(other.space, c, ResourceMeter(other), 4_000, 5) not in keys
+    assert map_cache_key(other.space, c, ResourceMeter(other.layout), 4_000, 5) not in keys
 
 
 @pytest.fixture(scope="module")
 def imagenet_v2_map():
     net = create_supernet("mobilenet_v2")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     c = Constraint.parse("flops:80:290:10")
     return net, meter, c, build_space_map(net.space, c, meter, samples=200_000, seed=0)
 
@@ -114,7 +114,7 @@ def test_uniform_buckets_count_uniform_draws_only(net):
     # Every bucket that uniform draws fill keeps exactly the uniform draws' counts: no spread
     # draw is mixed in. Independent truth: the same uniform stream measured with scalar counts.
     c = Constraint.parse("flops:11:24:1")
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     space_map = build_space_map(net.space, c, meter, samples=6_000, seed=4)
     assert space_map.spread_filled.dtype == bool and space_map.spread_filled.shape == (len(c.targets),)
     assert space_map.spread_filled_targets  # the extremes are thin with 6,000 draws

@@ -59,7 +59,7 @@ def test_softmax_draw_favours_high_scores_and_turns_greedy():
 @pytest.fixture(scope="module")
 def two_kind_setup():
     net = create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
-    meter = ResourceMeter(net)
+    meter = ResourceMeter(net.layout)
     cons = [Constraint.parse("flops:11:24:1"), Constraint.parse("params:1.3:2.2:0.3")]
     maps = {c.kind: build_space_map(net.space, c, meter, samples=10_000, seed=0) for c in cons}
     return net, meter, cons, maps

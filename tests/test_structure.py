@@ -1,4 +1,5 @@
-"""The package's import graph has no cycle, counting imports inside functions too."""
+"""The package's import graph has no cycle, counting imports inside functions too, and the
+package ``__init__`` modules that an import runs first."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def _modules(src: Path) -> dict[str, Path]:
 
 
 def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The pssnet modules that ``name`` imports anywhere in its file."""
+    """The pssnet modules that ``name`` imports anywhere in its file, with the packages that
+    those imports run first (see :func:`_enclosing_packages`)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     tree = ast.parse(path.read_text(), str(path))
@@ -43,7 +45,19 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 found.add(target if target in modules else base)
-    return {m for m in found if m in modules and m != name}
+    found = {m for m in found if m in modules}
+    found |= {p for m in found for p in _enclosing_packages(m, package) if p in modules}
+    return found - {name}
+
+
+def _enclosing_packages(module: str, running: str) -> list[str]:
+    """The packages whose ``__init__`` an import of ``module`` runs first (``from .evaluation.results
+    import X`` runs ``evaluation/__init__.py``), less those that enclose the importer: its own
+    package ``running`` and the packages above it are already being initialised."""
+    parts = module.split(".")
+    enclosing = [".".join(parts[:i]) for i in range(1, len(parts))]
+    busy = running.split(".")
+    return [p for p in enclosing if busy[: len(p.split("."))] != p.split(".")]
 
 
 def import_cycles(src: Path = SRC) -> list[list[str]]:
@@ -90,11 +104,37 @@ def test_the_checker_finds_a_cycle(tmp_path):
     assert import_cycles(tmp_path) == [["pssnet.a", "pssnet.sub.b"]]
 
 
+def test_the_checker_counts_the_package_init_that_an_import_runs(tmp_path):
+    # report.py names only evaluation.results, but importing it runs evaluation/__init__.py first,
+    # whose lazy hook imports the pipeline, which imports report.py: a loop through the __init__.
+    pkg = tmp_path / "pssnet"
+    (pkg / "evaluation").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import report\n")
+    (pkg / "report.py").write_text("from .evaluation.results import Result\n")
+    (pkg / "evaluation" / "__init__.py").write_text(
+        "from .results import Result\n\n\ndef __getattr__(name):\n    from . import pipeline\n\n"
+        "    return getattr(pipeline, name)\n")
+    (pkg / "evaluation" / "results.py").write_text("class Result:\n    pass\n")
+    (pkg / "evaluation" / "pipeline.py").write_text("from ..report import Result\n")
+    assert import_cycles(tmp_path) == [["pssnet.evaluation", "pssnet.evaluation.pipeline", "pssnet.report"]]
+
+
+def test_imports_inside_one_package_do_not_rerun_its_init(tmp_path):
+    pkg = tmp_path / "pssnet"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "__init__.py").write_text("from .b import thing\n")
+    (pkg / "sub" / "b.py").write_text("from .c import thing\nfrom ..a import other\n")
+    (pkg / "sub" / "c.py").write_text("thing = 1\n")
+    (pkg / "a.py").write_text("other = 2\n")
+    assert import_cycles(tmp_path) == []
+
+
 def test_no_import_cycle_among_pssnet_modules():
     assert import_cycles() == []
 
 
-@pytest.mark.parametrize("module", ["pssnet.report", "pssnet.evaluation.results", "pssnet.evaluation.pipeline"])
+@pytest.mark.parametrize("module", ["pssnet.report", "pssnet.evaluation.results", "pssnet.workflows.evaluate"])
 def test_each_layer_imports_first_in_a_fresh_interpreter(module):
     env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True)

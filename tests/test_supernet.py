@@ -140,3 +140,56 @@ def test_slim_convs_are_conv2d_with_max_widths_and_depthwise_groups(arch):
         assert conv.weight.shape == (conv.out_channels, 1 if spec.depthwise else conv.in_channels,
                                      spec.kernel, spec.kernel)
         assert conv.groups == (conv.in_channels if spec.depthwise else 1)
+
+
+# ---------------------------------------------------------------- SupernetConfig: model_config on disk
+
+def test_supernet_config_gives_the_stored_model_config_unchanged():
+    # The dict checkpoints and bundles have always stored (resolved resolutions, lists, plain types).
+    net = pssnet.create_supernet("mobilenet_v1", 5, 2, False, (16, 24.0, 8), (1, 1.25), 0.3)
+    stored = {"arch": "mobilenet_v1", "num_classes": 5, "in_chans": 2, "small_input": False,
+              "resolutions": [16, 24, 8], "width_range": [1.0, 1.25], "dropout": 0.3}
+    assert net.config.to_dict() == stored
+    assert [type(v) for v in net.config.to_dict().values()] == [type(v) for v in stored.values()]
+    assert pssnet.SupernetConfig.from_dict(stored) == net.config
+    assert pssnet.create_supernet(**stored).config == net.config
+    small = pssnet.create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True).config
+    assert small.resolutions == (24, 32, 4) and small == pssnet.SupernetConfig.from_dict(small.to_dict())
+
+
+def test_supernet_config_builds_the_supernet_and_is_frozen():
+    config = pssnet.SupernetConfig("resnet50", num_classes=10, small_input=True)
+    net = pssnet.Supernet(config)
+    assert net.config is config and net.layout == config.layout() and net.space == config.space()
+    assert net.layout.num_classes == 10 and net.space.resolutions[0] == 24
+    with pytest.raises(AttributeError):
+        config.num_classes = 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"depth": 3}, "unknown field.*'depth'"),
+    ({"arch": None}, "lacks field.*arch"),
+    ({"width_range": None, "resolutions": None}, "lacks field.*resolutions, width_range"),
+])
+def test_supernet_config_from_dict_refuses_unknown_and_missing_keys(change, message):
+    stored = pssnet.create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True).config.to_dict()
+    data = {k: v for k, v in {**stored, **change}.items() if v is not None}
+    with pytest.raises(pssnet.errors.UserError, match=message) as info:
+        pssnet.SupernetConfig.from_dict(data)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_config_written_before_dropout_loads_with_none():
+    stored = pssnet.create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True).config.to_dict()
+    del stored["dropout"]
+    assert pssnet.SupernetConfig.from_dict(stored).dropout == 0.0
+
+
+def test_counts_and_canonical_forms_take_a_supernet_or_its_layout():
+    net = pssnet.create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True)
+    s = net.space.sample(random.Random(3))
+    assert pssnet.count_flops(net, s) == pssnet.count_flops(net.layout, s) == pssnet.resources.count_flops(net.layout, s)
+    assert pssnet.count_params(net, s) == pssnet.resources.count_params(net.layout, s)
+    assert pssnet.canonicalize(net, s) == pssnet.layout.canonicalize(net.layout, s, net.space)
+    with pytest.raises(TypeError, match="pass net.layout"):
+        pssnet.resources.ResourceMeter(net)

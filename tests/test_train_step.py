@@ -96,7 +96,7 @@ def test_reused_score_equals_the_references_extra_forward_for_every_architecture
     values. The same comparison with dropout 0.2 fails, since each forward draws its own mask."""
     torch.manual_seed(0)
     net = create_supernet(arch, num_classes=10, in_chans=3, small_input=True)
-    assert net.classifier[0].p == 0.0 and net.config["dropout"] == 0.0
+    assert net.classifier[0].p == 0.0 and net.config.dropout == 0.0
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     sampled = net.space.sample(random.Random(1))
     expected = _reference_extra_forward_score(net, images, labels, sampled)
@@ -113,8 +113,8 @@ def test_reused_score_equals_the_references_extra_forward_for_every_architecture
 
 def test_dropout_is_part_of_the_model_config():
     net = create_supernet("mobilenet_v1", num_classes=5, in_chans=1, small_input=True, dropout=0.3)
-    assert net.classifier[0].p == 0.3 and net.config["dropout"] == 0.3
-    again = create_supernet(**net.config)
+    assert net.classifier[0].p == 0.3 and net.config.dropout == 0.3
+    again = create_supernet(**net.config.to_dict())
     assert again.classifier[0].p == 0.3 and again.config == net.config
-    old = {k: v for k, v in net.config.items() if k != "dropout"}  # model_configs written before the key
+    old = {k: v for k, v in net.config.to_dict().items() if k != "dropout"}  # model_configs written before the key
     assert create_supernet(**old).classifier[0].p == 0.0

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .space import WIDTH_DECIMALS, SearchSpace, Subnet, make_divisible, make_divisible_array
-
-if TYPE_CHECKING:
-    from .supernet import Supernet
-
-_WIDTH_SCALE = 10**WIDTH_DECIMALS
+from .space import WIDTH_SCALE, SearchSpace, Subnet, make_divisible, make_divisible_array
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,7 @@ def canonical_width_table(layout: Layout, width_grid: np.ndarray) -> np.ndarray:
     is computed once per (channels, grid) and shared (read-only).
     """
     grid = np.asarray(width_grid, dtype=np.float64)
-    lo, hi = round(float(grid[0]) * _WIDTH_SCALE), round(float(grid[-1]) * _WIDTH_SCALE)
+    lo, hi = round(float(grid[0]) * WIDTH_SCALE), round(float(grid[-1]) * WIDTH_SCALE)
     if hi - lo + 1 != grid.size:
         raise ValueError("canonical widths need a contiguous 0.001-step width grid (SearchSpace.width_grid())")
     return _table(tuple(layout.base_channels), lo, hi)
@@ -142,7 +137,7 @@ def canonical_width_table(layout: Layout, width_grid: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _table(base_channels: tuple[int, ...], lo: int, hi: int) -> np.ndarray:
-    grid = np.arange(lo, hi + 1) / _WIDTH_SCALE
+    grid = np.arange(lo, hi + 1) / WIDTH_SCALE
     table = np.empty((len(base_channels), grid.size))
     for g, base in enumerate(base_channels):
         # np.unique's first index of each channel count is its smallest multiplier (grid ascending).
@@ -156,7 +151,7 @@ def canonical_widths(layout: Layout, width_grid: np.ndarray, widths: np.ndarray)
     """Vectorised canonical multipliers: ``widths`` ``[n, groups]`` on ``width_grid`` -> same shape."""
     table = canonical_width_table(layout, width_grid)
     widths = np.asarray(widths, dtype=np.float64)
-    index = np.rint((widths - float(width_grid[0])) * _WIDTH_SCALE).astype(np.int64)
+    index = np.rint((widths - float(width_grid[0])) * WIDTH_SCALE).astype(np.int64)
     if widths.ndim != 2 or widths.shape[1] != table.shape[0]:
         raise ValueError(f"widths must have shape [n, {table.shape[0]}], got {widths.shape}")
     if index.size and (index.min() < 0 or index.max() >= table.shape[1]):
@@ -164,18 +159,19 @@ def canonical_widths(layout: Layout, width_grid: np.ndarray, widths: np.ndarray)
     return table[np.arange(table.shape[0])[None, :], index]
 
 
-def canonicalize(net: "Supernet | Layout", subnet: Subnet, space: SearchSpace | None = None) -> Subnet:
-    """The canonical form of ``subnet``: each multiplier snapped to the smallest value on the
-    space's width grid that gives the same channels; the resolution is unchanged.
+def canonical_subnet(layout: Layout, width_grid: np.ndarray, resolution: int, widths: Sequence[float]) -> Subnet:
+    """The canonical form of one subnet given as its resolution and multipliers on ``width_grid``.
+    Only the grid's range is checked (the samplers' draws come from the grid itself);
+    :func:`canonicalize` validates a subnet against its space first."""
+    canonical = canonical_widths(layout, width_grid, np.asarray([widths], dtype=np.float64))[0]
+    return Subnet(int(resolution), tuple(canonical.tolist()))
 
-    ``net`` is a :class:`~pssnet.supernet.Supernet` (its layout and space), or a
-    :class:`Layout` together with ``space``. Same network (channels and resolution) if and
-    only if equal canonical forms; FLOPs, parameters and outputs are unchanged.
+
+def canonicalize(layout: Layout, subnet: Subnet, space: SearchSpace) -> Subnet:
+    """The canonical form of ``subnet``, a member of ``space``: each multiplier snapped to the
+    smallest value on the space's width grid that gives the same channels; the resolution is
+    unchanged. Same network (channels and resolution) if and only if equal canonical forms;
+    FLOPs, parameters and outputs are unchanged. (``pssnet.canonicalize`` takes a supernet.)
     """
-    layout = net if isinstance(net, Layout) else net.layout
-    space = space if space is not None else getattr(net, "space", None)
-    if space is None:
-        raise TypeError("canonicalize needs a Supernet, or a Layout and its SearchSpace")
     space.validate(subnet)
-    widths = canonical_widths(layout, space.width_grid(), np.asarray([subnet.widths]))
-    return Subnet(subnet.resolution, tuple(widths[0].tolist()))
+    return canonical_subnet(layout, space.width_grid(), subnet.resolution, subnet.widths)

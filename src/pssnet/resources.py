@@ -1,5 +1,7 @@
 """Resources of subnets: the resource kinds, FLOPs and parameter counters, and the meter that
-measures any kind (counted, or predicted by a latency table).
+measures any kind (counted, or predicted by a latency table). Everything here takes a
+:class:`~pssnet.layout.Layout` (a supernet passes ``net.layout``; the top-level ``pssnet.count_*``
+functions take the supernet itself).
 
 One walk over the layout serves both a single subnet (Python ints) and many subnets at once
 (numpy arrays): the arithmetic is written once and works for either kind of number.
@@ -10,16 +12,13 @@ is what ``torch.utils.flop_counter.FlopCounterMode`` measures (at 2 FLOPs per MA
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence, Union
+from typing import Mapping, Protocol, Sequence, Union
 
 import numpy as np
 
 from .errors import UserError
 from .layout import ConvSpec, Layout
 from .space import Subnet
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .latency import LatencyTable
 
 Number = Union[int, np.ndarray]
 
@@ -37,8 +36,18 @@ def latency_kind_for(device: str) -> str:
     raise UserError(f"latency tables are measured on {' or '.join(LATENCY_DEVICES.values())}, not '{device}'")
 
 
-def _layout_of(net_or_layout) -> Layout:
-    return net_or_layout if isinstance(net_or_layout, Layout) else net_or_layout.layout
+class LatencyPredictor(Protocol):
+    """What the meter needs of a latency table (:class:`pssnet.latency.LatencyTable`)."""
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda"``: the device the table was measured on."""
+
+    def predict(self, layout: Layout, subnet: Subnet) -> float:
+        """Latency of one subnet in milliseconds."""
+
+    def predict_arrays(self, layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Latencies (ms) of many subnets: resolutions ``[n]``, multipliers ``[n, groups]``."""
 
 
 def _out_size(size: Number, stride: int) -> Number:
@@ -75,26 +84,23 @@ def _count(layout: Layout, resolution: Number, channels: Sequence[Number]) -> tu
     return macs, params
 
 
-def count_macs(net_or_layout, subnet: Subnet) -> int:
+def count_macs(layout: Layout, subnet: Subnet) -> int:
     """Exact multiply-accumulates of one subnet."""
-    layout = _layout_of(net_or_layout)
     return _count(layout, subnet.resolution, layout.group_channels(subnet.widths))[0]
 
 
-def count_flops(net_or_layout, subnet: Subnet) -> float:
+def count_flops(layout: Layout, subnet: Subnet) -> float:
     """FLOPs of one subnet, in millions of multiply-accumulates (the paper's convention)."""
-    return count_macs(net_or_layout, subnet) / 1e6
+    return count_macs(layout, subnet) / 1e6
 
 
-def count_params(net_or_layout, subnet: Subnet) -> int:
+def count_params(layout: Layout, subnet: Subnet) -> int:
     """Trainable parameters of one subnet (conv, BatchNorm affine, classifier)."""
-    layout = _layout_of(net_or_layout)
     return _count(layout, subnet.resolution, layout.group_channels(subnet.widths))[1]
 
 
-def count_arrays(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def count_arrays(layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised counts for many subnets: (FLOPs in millions ``[n]``, parameters ``[n]``)."""
-    layout = _layout_of(net_or_layout)
     channels = layout.group_channels_array(widths)
     res = np.asarray(resolutions, dtype=np.int64)
     macs, params = _count(layout, res, channels)
@@ -102,22 +108,24 @@ def count_arrays(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> 
     return np.broadcast_to(macs, (n,)) / 1e6, np.broadcast_to(np.asarray(params, dtype=np.int64), (n,)).copy()
 
 
-def flops_array(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+def flops_array(layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """FLOPs (millions of MACs) of many subnets at once."""
-    return count_arrays(net_or_layout, resolutions, widths)[0]
+    return count_arrays(layout, resolutions, widths)[0]
 
 
-def params_array(net_or_layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+def params_array(layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Parameter counts of many subnets at once."""
-    return count_arrays(net_or_layout, resolutions, widths)[1]
+    return count_arrays(layout, resolutions, widths)[1]
 
 
 class ResourceMeter:
     """Measures any constraint kind of a supernet's subnets (FLOPs, params, table latency)."""
 
-    def __init__(self, net_or_layout, luts: Mapping[str, "LatencyTable"] | None = None) -> None:
-        self.layout: Layout = _layout_of(net_or_layout)
-        self.luts: dict[str, "LatencyTable"] = dict(luts or {})
+    def __init__(self, layout: Layout, luts: Mapping[str, LatencyPredictor] | None = None) -> None:
+        if not isinstance(layout, Layout):  # a supernet used to be accepted here
+            raise TypeError(f"ResourceMeter takes a Layout, got {type(layout).__name__}: pass net.layout")
+        self.layout = layout
+        self.luts: dict[str, LatencyPredictor] = dict(luts or {})
         for kind, table in self.luts.items():
             if kind not in LATENCY_DEVICES:
                 raise UserError(f"a latency table was given for '{kind}'; tables are for latency_cpu or latency_gpu")
@@ -125,7 +133,7 @@ class ResourceMeter:
                 raise UserError(f"the table given for {kind} was measured on '{table.device}'; "
                                 f"pass a table built on '{LATENCY_DEVICES[kind]}' (pssnet lut build)")
 
-    def _table(self, kind: str) -> "LatencyTable":
+    def _table(self, kind: str) -> LatencyPredictor:
         if kind not in KINDS:
             raise UserError(f"unknown constraint type '{kind}'; use one of {', '.join(KINDS)}")
         table = self.luts.get(kind)

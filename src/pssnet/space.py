@@ -17,9 +17,9 @@ import numpy as np
 from .schema import FieldError, integer, number, sequence
 
 # Multipliers live on a 0.001 grid (the paper samples 3 decimals); storing them rounded keeps
-# equality and hashing exact after a JSON round trip.
+# equality and hashing exact after a JSON round trip. WIDTH_SCALE turns a multiplier into grid steps.
 WIDTH_DECIMALS = 3
-_WIDTH_SCALE = 10**WIDTH_DECIMALS
+WIDTH_SCALE = 10**WIDTH_DECIMALS
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -112,12 +112,12 @@ class SearchSpace:
 
     def _width_steps(self) -> tuple[int, int]:
         """The smallest and largest multiplier in grid steps (thousandths)."""
-        return round(self.min_width * _WIDTH_SCALE), round(self.max_width * _WIDTH_SCALE)
+        return round(self.min_width * WIDTH_SCALE), round(self.max_width * WIDTH_SCALE)
 
     def width_grid(self) -> np.ndarray:
         """Every multiplier a stage can take, ascending: ``min_width..max_width`` step 0.001."""
         lo, hi = self._width_steps()
-        return np.arange(lo, hi + 1) / _WIDTH_SCALE
+        return np.arange(lo, hi + 1) / WIDTH_SCALE
 
     def largest(self) -> Subnet:
         return Subnet(self.resolutions[-1], (self.max_width,) * self.num_stages)
@@ -128,14 +128,14 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> Subnet:
         """A subnet with resolution and every multiplier drawn uniformly."""
         lo, hi = self._width_steps()
-        widths = tuple(rng.randint(lo, hi) / _WIDTH_SCALE for _ in self.stage_names)
+        widths = tuple(rng.randint(lo, hi) / WIDTH_SCALE for _ in self.stage_names)
         return Subnet(rng.choice(self.resolutions), widths)
 
     def sample_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` uniform subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``."""
         lo, hi = self._width_steps()
         res = rng.choice(np.asarray(self.resolutions, dtype=np.int64), size=n)
-        widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / _WIDTH_SCALE
+        widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / WIDTH_SCALE
         return res, widths
 
     def sample_spread_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ class SearchSpace:
         spread = rng.uniform(0.0, 0.3, (n, 1))
         width_level = np.clip(level[:, None] + spread * rng.standard_normal((n, self.num_stages)), 0.0, 1.0)
         lo, hi = self._width_steps()
-        widths = np.rint(lo + width_level * (hi - lo)) / _WIDTH_SCALE
+        widths = np.rint(lo + width_level * (hi - lo)) / WIDTH_SCALE
         resolutions = np.asarray(self.resolutions, dtype=np.int64)
         res_level = np.clip(level + spread[:, 0] * rng.standard_normal(n), 0.0, 1.0)
         res = resolutions[np.rint(res_level * (len(resolutions) - 1)).astype(np.int64)]

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections import OrderedDict
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import schema
-from .architectures import arch_info
-from .layout import BlockSpec, ConvSpec, Layout
+from .layout import BlockSpec, ConvSpec
 from .ops import ActiveState, SlimBatchNorm2d, SlimConv2d, SlimLinear, activation
-from .space import SearchSpace, Subnet
+from .space import Subnet
+from .supernet_config import SupernetConfig
 
 
 class ConvBNAct(nn.Module):
@@ -83,13 +81,15 @@ class StaticSubnet(nn.Module):
 
 
 class Supernet(nn.Module):
-    """A slimmable network: ``set_subnet`` picks the active subnet, ``forward`` runs it."""
+    """A slimmable network: ``set_subnet`` picks the active subnet, ``forward`` runs it.
 
-    def __init__(self, layout: Layout, space: SearchSpace) -> None:
+    ``config`` says what to build; ``layout`` and ``space`` are what it describes.
+    """
+
+    def __init__(self, config: SupernetConfig) -> None:
         super().__init__()
-        if space.num_stages != len(layout.group_names):
-            raise ValueError(f"space has {space.num_stages} stages, {layout.name} has {len(layout.group_names)}")
-        self.layout, self.space = layout, space
+        layout, space = config.layout(), config.space()
+        self.config, self.layout, self.space = config, layout, space
         largest = space.largest()
         max_channels = layout.group_channels(largest.widths)
         self.state = ActiveState(max_channels, largest.resolution, largest)
@@ -147,62 +147,11 @@ def extract_subnet(net: Supernet, subnet: Subnet) -> StaticSubnet:
     return static
 
 
-def create_supernet(
-    arch: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    small_input: bool = False,
-    resolutions: tuple[int, int, int] | None = None,
-    width_range: tuple[float, float] = (0.75, 1.0),
-    dropout: float = 0.0,
-) -> Supernet:
+def create_supernet(arch: str, *args: Any, **kwargs: Any) -> Supernet:
     """Create a registered supernet by name (see :data:`pssnet.architectures.ARCHITECTURES`).
 
-    ``resolutions`` is ``(min, max, step)``; the default depends on ``small_input``.
-    ``dropout`` is the classifier's dropout probability (it replaces the layout's). The default
-    0 keeps training forwards deterministic, so a subnet's reused training logits are its score.
+    The other arguments are :class:`~pssnet.supernet_config.SupernetConfig`'s fields, in its
+    order (``num_classes``, ``in_chans``, ``small_input``, ``resolutions``, ``width_range``,
+    ``dropout``): ``create_supernet(**model_config)`` rebuilds a stored supernet.
     """
-    layout, space = layout_and_space(arch, num_classes, in_chans, small_input, resolutions, width_range, dropout)
-    net = Supernet(layout, space)
-    # Plain data that recreates this supernet (stored in checkpoints and bundles).
-    net.config = {
-        "arch": arch, "num_classes": layout.num_classes, "in_chans": layout.in_chans,
-        "small_input": bool(small_input), "resolutions": [space.min_resolution, space.max_resolution,
-                                                          space.resolution_step],
-        "width_range": [space.min_width, space.max_width], "dropout": layout.dropout,
-    }
-    return net
-
-
-def layout_and_space(
-    arch: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    small_input: bool = False,
-    resolutions: tuple[int, int, int] | None = None,
-    width_range: tuple[float, float] = (0.75, 1.0),
-    dropout: float = 0.0,
-) -> tuple[Layout, SearchSpace]:
-    """The layout and search space :func:`create_supernet` builds, without building the module
-    (cheap: e.g. to canonicalise a stored run's subnets from its ``model_config``)."""
-    num_classes, in_chans, small_input, resolutions, width_range, dropout = _checked_arguments(
-        num_classes, in_chans, small_input, resolutions, width_range, dropout)
-    info = arch_info(arch)
-    layout = dataclasses.replace(info.layout(num_classes, in_chans, small_input), dropout=dropout)
-    lo, hi, step = resolutions or (info.small_resolutions if small_input else info.imagenet_resolutions)
-    return layout, SearchSpace(layout.group_names, lo, hi, step, width_range[0], width_range[1])
-
-
-def _checked_arguments(num_classes, in_chans, small_input, resolutions, width_range, dropout) -> tuple:
-    """:func:`create_supernet`'s arguments, type- and range-checked (a :class:`FieldError`
-    names the argument), as plain ints, floats and tuples."""
-    num_classes = schema.integer(num_classes, "num_classes", low=1)
-    in_chans = schema.integer(in_chans, "in_chans", low=1)
-    small_input = schema.boolean(small_input, "small_input")
-    if resolutions is not None:
-        resolutions = tuple(schema.integer(v, f"resolutions[{i}]", low=1)
-                            for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3)))
-    width_range = tuple(schema.number(v, f"width_range[{i}]", low=0.0, low_open=True)
-                        for i, v in enumerate(schema.sequence(width_range, "width_range", 2)))
-    dropout = schema.number(dropout, "dropout", 0.0, 1.0, high_open=True)
-    return num_classes, in_chans, small_input, resolutions, width_range, dropout
+    return Supernet(SupernetConfig(arch, *args, **kwargs))

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from ..deploy import AdaptiveNet, example_input, export_static, run_export
-from ..evaluation import EvalConfig, evaluate_run_dir
+from ..evaluation import EvalConfig
 from ..fileio import output_dir
+from ..workflows import evaluate_run_dir
 from .adapt_cmd import replay, sample_inputs
 from .args import positive_float, positive_int, seed
 from .budgets import parse_trace

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from ..constraints import Constraint
-from ..evaluation import SELECT_ON, EvalConfig, evaluate_run_dir
+from ..evaluation import SELECT_ON, EvalConfig
 from ..fileio import output_dir
+from ..workflows import evaluate_run_dir
 from .args import non_negative_int, positive_int, seed
 
 

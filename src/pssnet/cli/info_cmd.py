@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..architectures import ARCHITECTURES
-from ..resources import count_flops, count_params
+from ..api import count_flops, count_params
 from ..supernet import create_supernet
 from .args import positive_int
 

@@ -22,7 +22,8 @@ from ..fileio import load_plain, save_atomic
 from ..layout import canonicalize
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
-from ..supernet import Supernet, create_supernet, layout_and_space
+from ..supernet import Supernet, create_supernet
+from ..supernet_config import SupernetConfig
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 BnStats = Mapping[str, Mapping[str, torch.Tensor]]  # {bn_name: {"mean"/"var": [slots, channels]}}
@@ -72,7 +73,8 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
     which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
     canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's entry and BN slot.
     """
-    layout, space = layout_and_space(**run["model_config"])
+    config = SupernetConfig.from_dict(run["model_config"])
+    layout, space = config.layout(), config.space()
     entries: dict[Subnet, dict[str, Any]] = {}
     evaluated: dict[Subnet, Subnet] = {}  # canonical -> the retained subnet whose statistics it keeps
     for label, cand in result.retained():

@@ -14,7 +14,7 @@ from ..constraints import Constraint, target_key
 from ..layout import canonical_widths, canonicalize
 from ..resources import ResourceMeter
 from ..space import SearchSpace, Subnet, subnets_from_arrays
-from ..supernet import layout_and_space
+from ..supernet_config import SupernetConfig
 
 
 def pool_candidates(run: Mapping[str, Any], constraints: Sequence[Constraint], top_k: int
@@ -25,7 +25,8 @@ def pool_candidates(run: Mapping[str, Any], constraints: Sequence[Constraint], t
     canonical subnets) the best-scored one stands for it.
     """
     pools = run.get("pools") or {}
-    layout, space = layout_and_space(**run["model_config"])
+    config = SupernetConfig.from_dict(run["model_config"])
+    layout, space = config.layout(), config.space()
     out = []
     for c in constraints:
         by_target = pools.get(c.kind, {})

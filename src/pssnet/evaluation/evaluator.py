@@ -115,7 +115,7 @@ class SubnetEvaluator:
 def meter_for(net: Supernet, luts: Mapping[str, Any] | None) -> ResourceMeter:
     """A resource meter with the latency tables embedded in a run or bundle."""
     tables = {kind: LatencyTable.from_dict(data) for kind, data in (luts or {}).items()}
-    return ResourceMeter(net, tables)
+    return ResourceMeter(net.layout, tables)
 
 
 def supernet_from_run(run: Mapping[str, Any], device: torch.device) -> Supernet:
@@ -141,8 +141,8 @@ def evaluate_run(run: Mapping[str, Any], data, config: EvalConfig, name: str = "
     evaluator, holdout_count = _evaluator(net, run, data, config, device)
     budgets = _budgets(run, net, meter, constraints, config)
     extremes = {role: Candidate(s, meter.measure_all(s))
-                for role, s in (("largest", canonicalize(net, net.space.largest())),
-                                ("smallest", canonicalize(net, net.space.smallest())))}
+                for role, s in (("largest", canonicalize(net.layout, net.space.largest(), net.space)),
+                                ("smallest", canonicalize(net.layout, net.space.smallest(), net.space)))}
     _select(budgets, evaluator, config, name)
     _measure_kept([b.best for b in budgets] + list(extremes.values()), evaluator, config, name)
 

@@ -95,7 +95,7 @@ class EvalResult:
 
 
 def load_eval(path: Union[str, os.PathLike]) -> EvalResult:
-    """Read an ``eval.json`` written by :func:`~pssnet.evaluation.evaluate_run_dir`."""
+    """Read an ``eval.json`` written by :func:`~pssnet.workflows.evaluate_run_dir`."""
     path = Path(path)
     try:
         return EvalResult.from_dict(json.loads(path.read_text()))

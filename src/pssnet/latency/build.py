@@ -83,8 +83,7 @@ def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLik
     """
     from tqdm.auto import tqdm
 
-    config = getattr(net, "config", None) or {"arch": net.layout.name, "num_classes": net.layout.num_classes,
-                                               "in_chans": net.layout.in_chans}
+    config = net.config.to_dict()
     configs = enumerate_configs(net.layout, net.space)
     previous_threads = torch.get_num_threads()
     if settings.threads is not None:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..constraints import Constraint, target_key
-from ..layout import canonical_widths
+from ..layout import canonical_subnet
 from ..resources import ResourceMeter
 from ..space import SearchSpace, Subnet
 from .pool import SubnetPool
@@ -154,8 +154,7 @@ class PSSSampler(SubnetSampler):
 
     def canonical(self, kind: str, subnet: Subnet) -> Subnet:
         """``subnet``'s canonical form (the map's draws and the pools' entries already are)."""
-        widths = canonical_widths(self.meter.layout, self.maps[kind].width_values, np.asarray([subnet.widths]))
-        return Subnet(subnet.resolution, tuple(widths[0].tolist()))
+        return canonical_subnet(self.meter.layout, self.maps[kind].width_values, subnet.resolution, subnet.widths)
 
     def pools_state(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         return {kind: {target_key(t): pool.state_dict() for t, pool in pools.items()}

@@ -27,9 +27,9 @@ import numpy as np
 from ..constraints import Constraint
 from ..errors import UserError
 from ..fileio import atomic_write
-from ..layout import canonical_widths
+from ..layout import canonical_subnet
 from ..resources import ResourceMeter
-from ..space import WIDTH_DECIMALS, SearchSpace, Subnet
+from ..space import WIDTH_SCALE, SearchSpace, Subnet
 
 MAP_VERSION = 2
 THIN_BUCKET = 300  # uniform observations below which a bucket's histograms come from spread draws
@@ -38,7 +38,6 @@ _SPREAD_CHUNK = 50_000  # spread draws per round for the thin buckets (at most `
 _EXEMPLARS = 32  # observed subnets kept per bucket, the fallback when conditional draws miss
 _DRAW_BATCH = 32  # candidates per conditional-draw round
 _DRAW_ROUNDS = 8
-_SCALE = 10**WIDTH_DECIMALS
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -126,13 +125,10 @@ class SpaceMap:
                                   == target_index)
             if hits.size:
                 i = hits[0]
-                return self._canonical(meter, int(res[i]), widths[i])
+                return canonical_subnet(meter.layout, self.width_values, int(res[i]), widths[i])
         k = int(rng.integers(self.exemplar_counts[target_index]))
-        return self._canonical(meter, int(self.exemplar_res[target_index, k]), self.exemplar_widths[target_index, k])
-
-    def _canonical(self, meter: ResourceMeter, resolution: int, widths: np.ndarray) -> Subnet:
-        canonical = canonical_widths(meter.layout, self.width_values, widths[None, :])[0]
-        return Subnet(resolution, tuple(canonical.tolist()))
+        return canonical_subnet(meter.layout, self.width_values, int(self.exemplar_res[target_index, k]),
+                                self.exemplar_widths[target_index, k])
 
     # -- persistence (plain arrays only) ------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -176,7 +172,7 @@ class _Tally:
         """Count subnets ``res``/``widths`` into buckets ``t`` (valid target indices)."""
         stages, n_res, n_w = self.stages, len(self.resolutions), len(self.width_values)
         r_idx = np.searchsorted(self.resolutions, res)
-        w_idx = np.rint((widths - self.width_values[0]) * _SCALE).astype(np.int64)
+        w_idx = np.rint((widths - self.width_values[0]) * WIDTH_SCALE).astype(np.int64)
         self.res_counts += np.bincount(t * n_res + r_idx, minlength=self.res_counts.size)
         flat = (t[:, None] * stages + np.arange(stages)[None, :]) * n_w + w_idx
         self.width_counts += np.bincount(flat.ravel(), minlength=self.width_counts.size)

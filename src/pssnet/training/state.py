@@ -66,7 +66,7 @@ class TrainState:
         states (multi-process runs, whose ranks draw different dropout masks)."""
         extra = {"rng_by_rank": rng_by_rank} if rng_by_rank else {}
         return {**extra,
-            "iteration": self.iteration, "config": self.config.to_dict(), "model_config": self.net.config,
+            "iteration": self.iteration, "config": self.config.to_dict(), "model_config": self.net.config.to_dict(),
             "state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
             "sampler": self.sampler.state_dict(), "rng": capture_rng_state(),

@@ -166,7 +166,7 @@ class Trainer:
             if self.ctx.is_main:
                 print(report.summary())
         luts = _load_luts(c.luts)
-        meter = ResourceMeter(net, luts)
+        meter = ResourceMeter(net.layout, luts)
         constraints = parse_constraints(c.constraints, meter, net.space)
         maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}
         s = c.sampler
@@ -195,7 +195,7 @@ class Trainer:
         """config.json: the settings and what they resolved to."""
         return {**self.config.to_dict(), "resolved": {
             "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
-            "world_size": self.ctx.world_size, "model_config": state.net.config,
+            "world_size": self.ctx.world_size, "model_config": state.net.config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
             "constraints": [x.to_dict() for x in state.constraints],
             "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}

@@ -1,7 +1,8 @@
 """The ``pssnet eval`` pipeline on run directories: read a run, evaluate it (and the runs it is
 compared with), write ``eval.json``, the Pareto report and the deployment bundle.
 
-It sits above the evaluator, the report and the bundle format; none of them imports it.
+It sits above the evaluator, the report, the bundle format, the data sets and the checkpoint
+reader that it drives; none of them imports it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from ..constraints import Constraint
 from ..data import load_data
 from ..deploy import make_bundle, save_bundle
 from ..errors import UserError
+from ..evaluation.evaluator import EvalConfig, evaluate_run
+from ..evaluation.results import EvalResult, load_eval
 from ..fileio import write_text_atomic
 from ..report import write_report
 from ..training.checkpoint import load_run
-from .evaluator import EvalConfig, evaluate_run
-from .results import EvalResult, load_eval
 
 
 def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
