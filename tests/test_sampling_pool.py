@@ -24,7 +24,7 @@ def test_pool_ema_and_eviction():
     assert _subnet(2) not in pool and len(pool) == 3
     pool.update(_subnet(4), -5.0)  # a newcomer that is the worst leaves at once
     assert _subnet(4) not in pool
-    assert pool.best(2) == [_subnet(3), _subnet(1)]
+    assert [s for s, _ in pool.entries()] == [_subnet(3), _subnet(1), _subnet(0)]  # best first
     restored = SubnetPool(size=3)
     restored.load_state_dict(pool.state_dict())
     assert restored.entries() == pool.entries()

@@ -76,15 +76,15 @@ def test_uniform_sampler_and_user_errors(tmp_path, capsys):
 
 def test_training_never_sees_the_images_eval_selects_on():
     from pssnet.data import load_data, split_train
-    from pssnet.training import TrainConfig, Trainer
+    from pssnet.training.data_order import without_holdout
 
     data = load_data("fashion-mnist-mini")
-    trainer = Trainer(TrainConfig(out="unused", holdout=300, seed=5))
-    train_set, record = trainer._without_holdout(data)
+    train_set, record = without_holdout(data.train, 300, seed=5)
     assert record == {"count": 300, "seed": 5}
     # What pssnet eval holds out for a run with this record (its calibration images may be trained on).
     held_out, _ = split_train(len(data.train_eval), record["count"], 64, record["seed"])
     assert len(train_set) == 6000 - 300 and not set(train_set.indices) & set(held_out)
-    assert trainer._without_holdout(data)[0].indices == train_set.indices  # deterministic
-    trainer.config.holdout = 0
-    assert trainer._without_holdout(data) == (data.train, None)
+    assert without_holdout(data.train, 300, seed=5)[0].indices == train_set.indices  # deterministic
+    assert without_holdout(data.train, 300, seed=6)[0].indices != train_set.indices
+    assert without_holdout(data.train, 5000, seed=5)[1] == {"count": 600, "seed": 5}  # a tenth at most
+    assert without_holdout(data.train, 0, seed=5) == (data.train, None)

@@ -17,7 +17,8 @@ from pssnet.cli import main
 from pssnet.errors import UserError
 from pssnet.training import step as step_module
 from pssnet.training.interrupt import StopSignals
-from pssnet.training.run_dir import RunLock, read_metrics
+from pssnet.training.run_dir import RunLock
+from pssnet.training.run_log import read_metrics
 from pssnet.training.data_order import rank_seed
 
 TINY = ["--preset", "mini-mbv2", "--batch-size", "8", "--threads", "1", "--map-samples", "2000", "--no-progress",
@@ -114,8 +115,11 @@ def test_resume_refuses_changes_that_alter_training_and_reports_harmless_ones(tm
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
-    with RunLock(out):
+    lock = RunLock(out).acquire()
+    try:
         assert _train(out, "--max-iters", "2") == 2
+    finally:
+        lock.release()
     err = capsys.readouterr().err
     assert f"PID {os.getpid()}" in err and "another pssnet train" in err
     assert not (out / "final.pt").exists()
@@ -286,7 +290,7 @@ def test_kill_9_while_the_first_checkpoint_is_written_leaves_a_resumable_run(tmp
 def test_a_second_writer_process_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pssnet.training.run_dir import RunLock\n"
-                               f"with RunLock({str(out)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+                               f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -145,5 +145,3 @@ def activation(name: str | None) -> nn.Module:
         return nn.Identity()
     return {"relu": nn.ReLU, "relu6": nn.ReLU6}[name](inplace=True)
 
-
-SLIM_LAYERS = (SlimConv2d, SlimBatchNorm2d, SlimLinear)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Optional, Sequence, Union
 
 from .constraints import KINDS, UNITS
+from .errors import UserError
 from .evaluation.results import Candidate, EvalResult
 from .fileio import atomic_write, write_text_atomic
 
@@ -16,6 +19,7 @@ CSV_FIELDS = ["run", "sampler", "kind", "target", "role", "subnet", "resolution"
               *KINDS, "pool_score", "holdout_acc", "test_acc"]
 _LABELS = {"flops": "MFLOPs", "params": "parameters (M)", "latency_cpu": "CPU latency (ms)",
            "latency_gpu": "GPU latency (ms)"}
+_PLOT_EXTRA = "pip install 'pssnet[report]'"
 
 
 def _fmt(value: Optional[float], digits: int = 2) -> str:
@@ -87,14 +91,25 @@ def _best_test(result: EvalResult, kind: str, target: float) -> Optional[float]:
     return None
 
 
-def pareto_plot(result: EvalResult, path: Union[str, os.PathLike], others: Sequence[EvalResult] = ()) -> None:
-    """Test accuracy vs. each trained resource type: kept subnets highlighted, candidates
-    (held-out accuracy) faint, the largest/smallest subnets starred, other runs overlaid."""
-    import matplotlib
-
+def _pyplot() -> Optional[ModuleType]:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def pareto_plot(result: EvalResult, path: Union[str, os.PathLike], others: Sequence[EvalResult] = ()) -> None:
+    """Test accuracy vs. each trained resource type: kept subnets highlighted, candidates
+    (held-out accuracy) faint, the largest/smallest subnets starred, other runs overlaid. Needs
+    matplotlib (the ``report`` extra)."""
+    plt = _pyplot()
+    if plt is None:
+        raise UserError(f"the Pareto plot needs matplotlib: {_PLOT_EXTRA}")
     kinds = list(dict.fromkeys(c.kind for c in result.constraints))
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -130,11 +145,18 @@ def pareto_plot(result: EvalResult, path: Union[str, os.PathLike], others: Seque
 
 def write_report(result: EvalResult, out_dir: Union[str, os.PathLike], others: Sequence[EvalResult] = ()
                  ) -> dict[str, Path]:
-    """Write pareto.csv, pareto.md and pareto.png into ``out_dir``; return their paths."""
+    """Write pareto.csv, pareto.md and pareto.png into ``out_dir``; return their paths.
+
+    Without matplotlib (an optional extra) the plot is left out with a one-line note on stderr."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / f"pareto.{name}" for name in ("csv", "md", "png")}
+    paths = {name: out_dir / f"pareto.{name}" for name in ("csv", "md")}
     for name, text in (("csv", pareto_csv([result, *others])), ("md", pareto_markdown(result, others))):
         write_text_atomic(paths[name], text)
-    pareto_plot(result, paths["png"], others)
+    if _pyplot() is None:
+        print(f"note: matplotlib is not installed, so no pareto.png was written; {_PLOT_EXTRA} for the plot",
+              file=sys.stderr, flush=True)
+    else:
+        paths["png"] = out_dir / "pareto.png"
+        pareto_plot(result, paths["png"], others)
     return paths

@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(top_k=3, calib_batches=8, holdout=500, batch_size=64)
     _, paths = evaluate_run_dir(run_dir, config, out_dir=out)
     print(_table_only(paths["md"].read_text()))
-    print(f"  evaluated in {time.perf_counter() - t0:.0f} s; wrote {paths['png']}, {paths['csv']}, {paths['bundle']}")
+    written = ", ".join(str(paths[name]) for name in ("png", "csv", "bundle") if name in paths)  # png: with matplotlib
+    print(f"  evaluated in {time.perf_counter() - t0:.0f} s; wrote {written}")
 
     print("\n[3/4] live switching: replaying a budget trace (stored BN statistics, no recalibration)")
     adaptive = AdaptiveNet.load(paths["bundle"])

@@ -95,6 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed()
     if ctx.is_main:
-        print(f"trained {out}: final.pt, metrics.jsonl, tb/ (evaluate with: pssnet eval {out})")
+        tensorboard = ", tb/" if (out / "tb").is_dir() else ""  # not without the tensorboard extra
+        print(f"trained {out}: final.pt, metrics.jsonl{tensorboard} (evaluate with: pssnet eval {out})")
     return 0
 

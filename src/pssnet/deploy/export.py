@@ -39,6 +39,8 @@ def export_static(static: StaticSubnet, path: Union[str, os.PathLike], fmt: str,
             scripted = torch.jit.script(static)
         atomic_write(path, lambda tmp: scripted.save(tmp))
     else:
+        _check_onnx_installed()
+
         def write_onnx(tmp: str) -> None:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -46,6 +48,13 @@ def export_static(static: StaticSubnet, path: Union[str, os.PathLike], fmt: str,
                                   input_names=["input"], output_names=["logits"],
                                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         atomic_write(path, write_onnx)
+
+
+def _check_onnx_installed() -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes the model through it)
+    except ImportError:
+        raise UserError("exporting ONNX needs onnx: pip install 'pssnet[export]'") from None
 
 
 def load_static(path: Union[str, os.PathLike]) -> StaticSubnet:

@@ -52,9 +52,6 @@ class SubnetPool:
         """(subnet, score) pairs, best first (ties by subnet key)."""
         return sorted(self._scores.items(), key=lambda item: (-item[1], item[0].key))
 
-    def best(self, k: int = 1) -> list[Subnet]:
-        return [s for s, _ in self.entries()[:k]]
-
     def probabilities(self, temperature: float) -> tuple[list[Subnet], np.ndarray]:
         """Subnets in canonical order and their ``softmax(score / temperature)`` probabilities."""
         if temperature <= 0:

@@ -1,5 +1,5 @@
 """The run directory's life cycle: one writer at a time (a lock), clean-up after a crash (stray
-temporary files, unreadable checkpoints), the metrics log, and what a ``--resume`` may change.
+temporary files, unreadable checkpoints), and what a ``--resume`` may change.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ import json
 import os
 import pathlib
 import re
-import sys
 from typing import Any, Collection, Mapping, Optional
 
 from ..data.datasets import dataset_name
 from ..errors import UserError
-from ..fileio import write_text_atomic
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
 from .options import declared_options
@@ -63,12 +61,6 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
 
 def remove_stray_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
     """Delete the temporary files an interrupted atomic write left in the run directory and its
@@ -94,38 +86,6 @@ def set_aside_checkpoints(run_dir: pathlib.Path, newest_good: int) -> list[pathl
             path.replace(target)
             moved.append(target)
     return moved
-
-
-def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl``. A torn last line (a write cut short) is dropped with a note
-    on stderr; a damaged line elsewhere is a UserError naming the file and the line."""
-    if not path.exists():
-        return []
-    lines = path.read_text(errors="replace").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
-            if number == len(lines):
-                print(f"note: dropped the torn last line {number} of {path}", file=sys.stderr)
-                break
-            raise UserError(f"{path} line {number} is damaged (not a JSON object); "
-                            "delete that line to continue") from None
-        rows.append(row)
-    return rows
-
-
-def truncate_metrics(path: pathlib.Path, iteration: int) -> None:
-    """Keep only the rows of ``metrics.jsonl`` up to ``iteration`` (those a resumed run does not
-    write again), rewriting the file atomically."""
-    if path.exists():
-        kept = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
-        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def saved_config(run_dir: pathlib.Path) -> Optional[dict[str, Any]]:

@@ -1,37 +1,86 @@
-"""What a run reports while it trains: metrics.jsonl, TensorBoard and the progress-bar postfix."""
+"""What a run reports while it trains: metrics.jsonl (written, read back, cut back on a resume),
+TensorBoard (when installed) and the progress bar."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import numpy as np
+from tqdm import tqdm
 
+from ..errors import UserError
 from ..fileio import write_text_atomic
-from ..sampling import SubnetSampler
+from ..sampling import Draw, SubnetSampler
 from .config import TrainConfig
 from .distributed import DistContext
-from .run_dir import truncate_metrics
+from .state import TrainState
+from .step import StepResult
+
+_SCALARS = ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score", "lr", "images_per_s",
+            "pool_fill")
+
+
+def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``. A torn last line (a write cut short) is dropped with a note
+    on stderr; a damaged line elsewhere is a UserError naming the file and the line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if number == len(lines):
+                print(f"note: dropped the torn last line {number} of {path}", file=sys.stderr)
+                break
+            raise UserError(f"{path} line {number} is damaged (not a JSON object); "
+                            "delete that line to continue") from None
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: pathlib.Path, iteration: int) -> None:
+    """Keep only the rows of ``metrics.jsonl`` up to ``iteration`` (those a resumed run does not
+    write again), rewriting the file atomically."""
+    if path.exists():
+        kept = [row for row in read_metrics(path) if row.get("iteration", 0) <= iteration]
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _tensorboard_writer(log_dir: pathlib.Path, purge_step: Optional[int]) -> Any:
+    """A TensorBoard ``SummaryWriter``, or None with a one-line note when tensorboard is not
+    installed: it is an optional extra, and metrics.jsonl holds the same numbers."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: tensorboard is not installed, so this run writes no TensorBoard log (tb/), only "
+              "metrics.jsonl; pip install 'pssnet[tensorboard]' for one", file=sys.stderr, flush=True)
+        return None
+    return SummaryWriter(str(log_dir), purge_step=purge_step)
 
 
 class RunLogger:
-    """metrics.jsonl, TensorBoard and the progress-bar postfix (rank 0 only)."""
+    """metrics.jsonl and TensorBoard (rank 0 only)."""
 
     def __init__(self, out: pathlib.Path, config: TrainConfig, ctx: DistContext, iteration: int) -> None:
         self.config, self.ctx = config, ctx
         self.metrics_path = out / "metrics.jsonl"
-        self.window: list[float] = []
         self.tick, self.tick_iteration = time.perf_counter(), iteration
         self.writer = None
         if not ctx.is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.metrics_path, iteration)  # drop rows written after the checkpoint we resume from
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
+        self.writer = _tensorboard_writer(out / "tb", iteration + 1 if iteration else None)
 
     def write_config(self, config: dict[str, Any]) -> None:
         path = self.metrics_path.with_name("config.json")
@@ -42,30 +91,27 @@ class RunLogger:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def step(self, iteration: int, epoch: int, result, draw, lr: float, sampler: SubnetSampler, bar,
-             force: bool = False) -> None:
-        if not self.ctx.is_main:
-            return
-        bar.update(1)
-        self.window.append(result.acc_largest)
-        if iteration % self.config.log_every and not force:
-            return
+    def step(self, state: TrainState, epoch: int, result: StepResult, draw: Draw,
+             force: bool = False) -> Optional[dict[str, Any]]:
+        """Log the iteration ``state`` just finished when one is due (every ``--log-every``, or
+        ``force``); returns the row written, or None."""
+        iteration = state.iteration
+        if not self.ctx.is_main or (iteration % self.config.log_every and not force):
+            return None
         now = time.perf_counter()
         images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
         speed = images / max(now - self.tick, 1e-9)
         self.tick, self.tick_iteration = now, iteration
-        row = {"iteration": iteration, "epoch": epoch, "lr": lr, "loss_largest": result.loss_largest,
-               "loss_sampled": result.loss_sampled, "loss_smallest": result.loss_smallest,
-               "acc_largest": result.acc_largest, "score": result.score, "images_per_s": speed,
-               "pool_fill": sampler.pool_fill(), "kind": draw.kind, "target": draw.target,
-               "source": draw.source, "subnet": draw.subnet.key}
+        row = {"iteration": iteration, "epoch": epoch, "lr": state.optimizer.param_groups[0]["lr"],
+               "loss_largest": result.loss_largest, "loss_sampled": result.loss_sampled,
+               "loss_smallest": result.loss_smallest, "acc_largest": result.acc_largest, "score": result.score,
+               "images_per_s": speed, "pool_fill": state.sampler.pool_fill(), "kind": draw.kind,
+               "target": draw.target, "source": draw.source, "subnet": draw.subnet.key}
         self.record(row)
-        for name in ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score", "lr",
-                     "images_per_s", "pool_fill"):
-            self.writer.add_scalar(f"train/{name}", row[name], iteration)
-        bar.set_postfix(loss=f"{result.loss_largest:.3f}", acc=f"{np.mean(self.window):.3f}",
-                        img_s=f"{speed:.0f}", pools=f"{100 * row['pool_fill']:.0f}%", refresh=False)
-        self.window.clear()
+        if self.writer is not None:
+            for name in _SCALARS:
+                self.writer.add_scalar(f"train/{name}", row[name], iteration)
+        return row
 
     def epoch_end(self, iteration: int, epoch: int, sampler: SubnetSampler) -> None:
         self.record({"event": "epoch", "iteration": iteration, "epoch": epoch, "pool_fill": sampler.pool_fill()})
@@ -81,3 +127,31 @@ class RunLogger:
         self.record({"event": "done", "iteration": iteration})
         if self.writer is not None:
             self.writer.close()
+
+
+class ProgressBar:
+    """One epoch's progress bar (when ``enabled``: rank 0 with --progress). Its postfix shows the
+    last metrics row: loss, the mean accuracy of the largest subnet since the row before, images/s
+    and pool fill."""
+
+    def __init__(self, enabled: bool, description: str, done: int, total: int) -> None:
+        self.enabled = enabled
+        self._bar = tqdm(total=total, initial=done, desc=description, disable=not enabled, leave=False,
+                         dynamic_ncols=True)
+        self._accuracies: list[float] = []
+
+    def advance(self, acc_largest: float, row: Optional[Mapping[str, Any]]) -> None:
+        """Count one iteration; ``row``: the metrics row it wrote (:meth:`RunLogger.step`), or None."""
+        if not self.enabled:
+            return
+        self._bar.update(1)
+        self._accuracies.append(acc_largest)
+        if row is None:
+            return
+        self._bar.set_postfix(loss=f"{row['loss_largest']:.3f}", acc=f"{np.mean(self._accuracies):.3f}",
+                              img_s=f"{row['images_per_s']:.0f}", pools=f"{100 * row['pool_fill']:.0f}%",
+                              refresh=False)
+        self._accuracies.clear()
+
+    def close(self) -> None:
+        self._bar.close()

@@ -17,12 +17,11 @@ from typing import Any, Collection, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from ..constraints import parse_constraints
 from ..resources import ResourceMeter, latency_kind_for
-from ..data import DataBundle, data_fingerprint, load_data, split_train
+from ..data import DataBundle, data_fingerprint, load_data
 from ..errors import UserError
 from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
@@ -36,9 +35,9 @@ from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, r
                       resume_config, saved_config, set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
-from .data_order import EpochView, epoch_order, rank_seed
+from .data_order import EpochView, epoch_order, rank_seed, sample_seeds, without_holdout
 from .recipe import cosine_factor, weight_decay_groups
-from .run_log import RunLogger
+from .run_log import ProgressBar, RunLogger
 from .step import SandwichStep, StepResult
 
 
@@ -206,22 +205,12 @@ class Trainer:
         grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
         positions = np.arange(order.size).reshape(grid.shape)
         indices = grid[start_batch:, ctx.rank].ravel()
-        base = ((c.seed * 1_000_003 + epoch) * 10_000_019) % 2**62  # Python ints: no int64 overflow
-        seeds = (np.int64(base) + positions[start_batch:, ctx.rank].ravel()) % 2**62
+        seeds = sample_seeds(c.seed, epoch, positions[start_batch:, ctx.rank].ravel())
         view = EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
         return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
                           persistent_workers=False)
-
-    def _without_holdout(self, data: DataBundle) -> tuple[Dataset, Optional[dict[str, int]]]:
-        """The training images minus those kept out for selection, and the record that names them."""
-        count = min(self.config.holdout, len(data.train) // 10)
-        if count == 0:
-            return data.train, None
-        kept_out = set(split_train(len(data.train), count, 0, self.config.seed)[0])
-        rest = [i for i in range(len(data.train)) if i not in kept_out]
-        return Subset(data.train, rest), {"count": count, "seed": self.config.seed}
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False, given: Optional[Collection[tuple[str, ...]]] = None) -> pathlib.Path:
@@ -256,7 +245,7 @@ class Trainer:
             self._note(f"resume: {', '.join(self._resume_changes)}")
         if self.ctx.is_main and data.description:
             print(f"data: {data.description}")
-        train_set, holdout = self._without_holdout(data)
+        train_set, holdout = without_holdout(data.train, self.config.holdout, self.config.seed)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
         torch.manual_seed(rank_seed(self.config.seed, self.ctx.rank))
@@ -290,14 +279,13 @@ class Trainer:
         epoch, start_batch = divmod(state.iteration, plan.iters_per_epoch)
         loader = self._loader(train_set, epoch, start_batch, plan.iters_per_epoch)
         batches = min(plan.iters_per_epoch - start_batch, plan.total - state.iteration)
-        bar = tqdm(total=start_batch + batches, initial=start_batch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                   disable=not (c.progress and self.ctx.is_main), leave=False, dynamic_ncols=True)
+        bar = ProgressBar(c.progress and self.ctx.is_main, f"epoch {epoch + 1}/{c.epochs}", start_batch,
+                          start_batch + batches)
         for images, labels in loader:
             draw, result = self._train_iteration(state, step, images, labels, plan.total)
             epoch_end = state.iteration % plan.iters_per_epoch == 0
             last = state.iteration == plan.total
-            logger.step(state.iteration, epoch, result, draw, state.optimizer.param_groups[0]["lr"], state.sampler,
-                        bar, force=epoch_end or last)
+            bar.advance(result.acc_largest, logger.step(state, epoch, result, draw, force=epoch_end or last))
             self._sync_point(state, epoch_end or last, signals)
             batches -= 1
             if batches == 0:
