@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..fileio import write_text_atomic
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
-from .options import declared_options
+from ..options import declared_options
 
 LOCK_NAME = ".lock"
 # fileio.atomic_write's temporary names: .<target>.<pid>.<8 hex>.tmp, next to the target.
