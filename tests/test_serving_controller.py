@@ -8,8 +8,9 @@ import types
 import pytest
 
 from pssnet.errors import UserError
-from pssnet.serving.controller import (PRIOR_MS_PER_MFLOP, ServiceModel, SloConfig, SloController, SubnetProfile,
-                                       subnet_profiles)
+from pssnet.serving.config import SloConfig
+from pssnet.serving.controller import SloController
+from pssnet.serving.service_model import PRIOR_MS_PER_MFLOP, ServiceModel, SubnetProfile, subnet_profiles
 
 # Four subnets, most accurate = slowest; cost = ms for a batch of one.
 PROFILES = [SubnetProfile("large", 80.0, 10.0, 20.0), SubnetProfile("medium", 78.0, 7.0, 15.0),

@@ -161,19 +161,41 @@ def test_png_is_normalised_like_the_training_data(server, bundle_path):
     assert status == 200 and served_probabilities(again) == pytest.approx(served_probabilities(answer), abs=1e-6)
 
 
-def test_concurrent_requests_are_batched_and_all_answered(server):
-    x = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    results = []
+def metric_value(text: str, sample: str) -> float:
+    """The value of one sample (``name`` or ``name{labels}``) of a Prometheus text; 0 if absent."""
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == sample), 0.0)
 
-    def call():
-        results.append(server.predict(npy_bytes(x), "application/x-npy")[0])
 
-    threads = [threading.Thread(target=call) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert results == [200] * 12
+def test_concurrent_requests_are_batched_and_all_answered(bundle_path):
+    # A wait long enough that a batch fills however the client threads are scheduled: the batching
+    # is then certain, not a matter of timing.
+    server = Server(bundle_path, "--slo-ms", "5000", "--max-wait-ms", "1000")
+    try:
+        before = server.get("/metrics")[2].decode()
+        x = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        results = []
+
+        def call():
+            results.append(server.predict(npy_bytes(x), "application/x-npy"))
+
+        threads = [threading.Thread(target=call) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        after = server.get("/metrics")[2].decode()
+    finally:
+        server.stop()
+    assert [status for status, _ in results] == [200] * 12
+    requests, batches, singles, within_max = (
+        metric_value(after, name) - metric_value(before, name)
+        for name in ("pssnet_batch_size_sum", "pssnet_batch_size_count", 'pssnet_batch_size_bucket{le="1.0"}',
+                     'pssnet_batch_size_bucket{le="4.0"}'))
+    assert requests == 12 and within_max == batches  # every request in a batch of at most --max-batch 4
+    assert singles < batches and batches < 12  # at least one batch held more than one request
+    # requests of one batch share its forward pass: some answers report the same inference time
+    inference = [answer["inference_ms"] for _, answer in results]
+    assert len(set(inference)) < len(inference)
 
 
 def test_fortran_order_big_endian_and_large_bodies_give_the_same_answer(server, bundle_path):
@@ -285,30 +307,30 @@ def test_an_oversized_body_is_refused_before_it_is_read(server):
 
 
 def test_status_metrics_and_healthz(server):
+    before = server.get("/metrics")[2].decode()
     server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)), "application/x-npy")
+    assert server.predict(b"{}", "application/json")[0] == 415
     status, ctype, body = server.get("/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, ctype, body = server.get("/status")
     info = json.loads(body)
     assert status == 200 and info["target_ms"] == 200 and info["quantile"] == 0.95
     assert info["subnet"] in {s["key"] for s in info["subnets"]}
-    assert info["slowdown"] > 0 and info["switches"] >= 0 and info["p95_ms"] >= info["p50_ms"] > 0
+    assert info["slowdown"] > 0 and info["p95_ms"] >= info["p50_ms"] > 0
     assert all(set(s["base_ms"]) == {"1", "2", "4"} for s in info["subnets"])  # calibrated at start-up
     status, ctype, body = server.get("/metrics")
     text = body.decode()
     assert status == 200 and ctype.startswith("text/plain")
     for name in ("pssnet_request_latency_seconds_bucket", "pssnet_slo_misses_total", "pssnet_subnet_switches_total",
-                 "pssnet_current_subnet_mflops", 'pssnet_rejected_requests_total{status="415"}'):
+                 "pssnet_current_subnet_mflops", "pssnet_backlog_batches_total"):
         assert name in text
-    count = next(float(line.split()[-1]) for line in text.splitlines()
-                 if line.startswith("pssnet_request_latency_seconds_count"))
-    assert count >= 1
-    flops = next(float(line.split()[-1]) for line in text.splitlines()
-                 if line.startswith("pssnet_current_subnet_mflops"))
-    assert flops == pytest.approx(info["subnet_mflops"])
-    switches = next(float(line.split()[-1]) for line in text.splitlines()
-                    if line.startswith("pssnet_subnet_switches_total"))
-    assert switches == info["switches"] and "pssnet_backlog_batches_total" in text  # one meaning of a switch
+    assert metric_value(text, "pssnet_request_latency_seconds_count") - \
+        metric_value(before, "pssnet_request_latency_seconds_count") == 1  # the answered request (not the 415)
+    rejected = 'pssnet_rejected_requests_total{status="415"}'
+    assert metric_value(text, rejected) - metric_value(before, rejected) == 1
+    assert metric_value(text, "pssnet_current_subnet_mflops") == pytest.approx(info["subnet_mflops"])
+    # /status and /metrics count the same switches (changes of the serving subnet, not backlog batches)
+    assert isinstance(info["switches"], int) and metric_value(text, "pssnet_subnet_switches_total") == info["switches"]
 
 
 def test_fixed_smallest_and_sigterm_drains_the_request_in_flight(bundle_path):
@@ -319,6 +341,8 @@ def test_fixed_smallest_and_sigterm_drains_the_request_in_flight(bundle_path):
         body = npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
         status, answer = server.predict(body, "application/x-npy")
         assert status == 200 and answer["subnet"] == smallest
+        pinned = json.loads(server.get("/status")[2])
+        assert pinned["fixed"] and pinned["subnet"] == smallest and pinned["switches"] == 0
         # a request whose body is still arriving when SIGTERM comes must be answered
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
             conn.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
@@ -344,7 +368,7 @@ def test_cli_errors_are_one_line(bundle_path, tmp_path, capsys):
     from pssnet.cli import main
 
     for args, needle in ([str(tmp_path / "missing.pt"), "--slo-ms", "50"], "does not exist"), \
-                        ([str(bundle_path), "--slo-ms", "-1"], "--slo-ms: must be a finite number > 0"), \
+                        ([str(bundle_path), "--slo-ms", "-1"], "--slo-ms must be above 0"), \
                         ([str(bundle_path), "--slo-ms", "50", "--fixed", "r99-nope"], "not retained"):
         assert main(["serve", *args]) == 2
         err = capsys.readouterr().err
@@ -401,8 +425,8 @@ def test_preprocessing_entry_comes_first_and_rgb_jpeg_is_decoded_and_resized():
 
 
 def test_the_worker_batches_in_arrival_order_and_survives_abandoned_requests(bundle_path):
+    from pssnet.serving import SloConfig, SloController, subnet_profiles
     from pssnet.serving.batcher import Batcher
-    from pssnet.serving.controller import SloConfig, SloController, subnet_profiles
     from pssnet.serving.metrics import ServingMetrics
     from pssnet.serving.worker import InferenceWorker
 

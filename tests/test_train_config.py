@@ -10,7 +10,7 @@ from pssnet.cli.dataclass_args import flags_of
 from pssnet.errors import UserError
 from pssnet.training import PRESETS, TrainConfig, apply_preset
 from pssnet.training.config import update_config
-from pssnet.training.options import declared_options
+from pssnet.options import declared_options
 
 # The flags `pssnet train` had before they were generated; every one must still exist.
 FLAGS_BEFORE = {

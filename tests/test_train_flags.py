@@ -7,7 +7,7 @@ import pytest
 
 from pssnet.cli import main
 from pssnet.training import TrainConfig
-from pssnet.training.options import check_bounds
+from pssnet.options import check_bounds
 
 BAD = [
     ("--lr", "nan"), ("--lr", "-0.1"), ("--lr", "inf"),

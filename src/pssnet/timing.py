@@ -10,13 +10,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from .errors import UserError
+from .options import check_bounds, option
 
 STATISTICS = ("median", "min")
+MEASURE_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -29,23 +31,25 @@ class MeasureSettings:
     of all its samples.
     """
 
-    device: str = "cpu"
-    threads: int | None = None  # CPU threads (torch.set_num_threads); None keeps the current count
-    batch: int = 1
-    warmup: int = 2
-    repeats: int = 5
-    rounds: int = 5
-    statistic: str = "median"
-    min_sample_ms: float = 0.2  # on CPU, one timed sample loops the module at least this long
+    device: str = option("cpu", choices=MEASURE_DEVICES, help="where to measure (default cpu)")
+    threads: Optional[int] = option(None, min=1, help="CPU threads while measuring (default: torch's current count)")
+    batch: int = option(1, min=1, help="batch size of the timed inputs (default 1)")
+    warmup: int = option(2, min=0, help="untimed calls per round (default 2)")
+    repeats: int = option(5, min=1, help="timed calls per round (default 5)")
+    rounds: int = option(5, min=1, help="rounds, spread over time, per entry (default 5)")
+    statistic: str = option("median", choices=STATISTICS,
+                            help="summary of an entry's samples: median (default), or min on a machine shared "
+                                 "with other load")
+    min_sample_ms: float = option(0.2, flag=None, min=0.0,
+                                  help="on CPU, one timed sample loops the module at least this long")
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
+        if self.device not in MEASURE_DEVICES:
             raise UserError(f"unknown latency device '{self.device}': use --device cpu or --device cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but CUDA is not available here: build the table on a GPU machine "
                             "or use --device cpu")
-        if min(self.batch, self.repeats, self.rounds, self.threads or 1) < 1 or self.warmup < 0:
-            raise UserError("batch, repeats, rounds and threads must be >= 1 and warmup >= 0: fix the options")
+        check_bounds(self)
         if self.statistic not in STATISTICS:
             raise UserError(f"unknown statistic '{self.statistic}': use one of {', '.join(STATISTICS)}")
 

@@ -5,15 +5,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from ..deploy import AdaptiveNet, example_input
-from .args import positive_int
+from ..options import option
 from .budgets import TraceEvent, parse_trace
+from .dataclass_args import add_config_flags, config_from_args
 from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class AdaptCommand:
+    """What ``pssnet adapt`` was asked for."""
+
+    bundle: str = option(positional=True, metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
+    trace: Optional[str] = option(None, metavar="FILE", help="budget trace file (required unless --list)")
+    batch: int = option(32, min=1, help="images per inference (default 32)")
+    realtime: bool = option(False, switch=True, help="wait until each time stamp instead of replaying at once")
+    threads: Optional[int] = option(None, min=1, help="torch CPU threads for inference (default: torch's)")
+    list_only: bool = option(False, flag="--list", switch=True, help="list the retained subnets and exit")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "'#' starts a comment). At each change, switch BUNDLE to the best retained subnet within the "
                     "budget (stored BN statistics, no recalibration) and run inference on a batch of test images "
                     "(random inputs if the bundle's data set is not available).")
-    p.add_argument("bundle", metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
-    p.add_argument("--trace", metavar="FILE", help="budget trace file (required unless --list)")
-    p.add_argument("--batch", type=positive_int, default=32, help="images per inference (default 32)")
-    p.add_argument("--realtime", action="store_true", help="wait until each time stamp instead of replaying at once")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads for inference (default: torch's)")
-    p.add_argument("--list", action="store_true", help="list the retained subnets and exit")
+    add_config_flags(p, AdaptCommand)
     p.set_defaults(func=run)
 
 
@@ -89,19 +98,20 @@ def list_subnets(adaptive: AdaptiveNet) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    adaptive = AdaptiveNet.load(args.bundle)
-    if args.list:
+    command: AdaptCommand = config_from_args(AdaptCommand, args)
+    if command.threads:
+        torch.set_num_threads(command.threads)
+    adaptive = AdaptiveNet.load(command.bundle)
+    if command.list_only:
         list_subnets(adaptive)
         return 0
-    if not args.trace:
+    if not command.trace:
         raise UserError("give the budget trace with --trace FILE (lines like '0.0 flops=20')")
-    path = Path(args.trace)
+    path = Path(command.trace)
     if not path.is_file():
         raise UserError(f"trace file '{path}' does not exist; write one line per budget, e.g. '0.0 flops=20'")
     events = parse_trace(path.read_text(), source=str(path))
-    inputs, labels, what = sample_inputs(adaptive, args.batch)
+    inputs, labels, what = sample_inputs(adaptive, command.batch)
     print(f"replaying {len(events)} trace lines on {what}")
-    replay(adaptive, events, inputs, labels, realtime=args.realtime)
+    replay(adaptive, events, inputs, labels, realtime=command.realtime)
     return 0

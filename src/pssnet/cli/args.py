@@ -1,7 +1,9 @@
-"""Argument types for the command line: numbers checked for type, finiteness and range.
+"""Argument types for hand-written argparse parsers (the scripts in ``benchmarks/``): numbers
+checked for type, finiteness and range.
 
 Use them as ``type=`` of ``add_argument``; argparse then names the flag in a one-line error
-(``pssnet adapt: error: argument --threads: must be a positive integer, got '-1'``).
+(``error: argument --threads: must be a positive integer, got '-1'``). ``pssnet``'s own commands
+declare their settings as options instead (:mod:`pssnet.options`, :mod:`.dataclass_args`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import argparse
 import math
 from typing import Callable, Optional
 
-# Seeds feed numpy's generators, which take 0 .. 2**32 - 1.
-MAX_SEED = 2**32 - 1
+from ..options import MAX_SEED
 
 
 def int_in(low: Optional[int] = None, high: Optional[int] = None, what: str = "an integer") -> Callable[[str], int]:

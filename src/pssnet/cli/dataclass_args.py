@@ -1,17 +1,19 @@
-"""Command-line flags generated from a configuration dataclass's options (``training.options``).
+"""Command-line flags generated from a configuration dataclass's options (:mod:`pssnet.options`).
 
 Every flag defaults to "not given" (None), so a flag changes the configuration only when it is
-passed: defaults and presets stay in force otherwise.
+passed: defaults and presets stay in force otherwise. Every command declares its settings this
+way: :func:`add_config_flags` adds a configuration class's flags to its parser and
+:func:`config_from_args` builds the configuration from what was given.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..errors import UserError
-from ..training.options import Option, declared_options
+from ..options import Option, build_config, check_bounds, declared_options
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,11 @@ class Flag:
 
     @property
     def dest(self) -> str:
-        return self.name[2:].replace("-", "_")
+        return self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def positional(self) -> bool:
+        return not self.name.startswith("-")
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -35,36 +41,52 @@ class Flag:
         return self.options[0].type is bool and self.name.startswith("--no-")
 
     @property
+    def is_switch(self) -> bool:
+        """A flag without a value that sets its bool option: ``--no-x`` to False, a ``switch`` to True."""
+        return self.turns_off or (self.options[0].type is bool and bool(self.meta.get("switch")))
+
+    @property
     def parts(self) -> int:
         """How many ``:``-separated parts one value has (0: a plain value)."""
         if len(self.options) > 1:
             return len(self.options)
         opt = self.options[0]
-        return len(self.meta.get("metavar", "").split(":")) if opt.is_list and not self.meta.get("repeat") else 0
+        one_value = opt.is_list and not (self.meta.get("repeat") or self.meta.get("nargs"))
+        return len(self.meta.get("metavar", "").split(":")) if one_value else 0
 
     def add_to(self, group: argparse._ActionsContainer) -> None:
         meta, opt = self.meta, self.options[0]
-        kwargs: dict[str, Any] = {"dest": self.dest, "help": meta["help"]}
-        for key in ("metavar", "required"):
+        kwargs: dict[str, Any] = {"help": meta["help"]}
+        for key in ("metavar", "required", "nargs"):
             if key in meta:
                 kwargs[key] = meta[key]
         if "choices" in meta:
             choices = meta["choices"]
             kwargs["choices"] = list(choices() if callable(choices) else choices)
-        if self.turns_off:
+        if self.is_switch:
             kwargs["action"] = "store_true"
         elif opt.type is bool:
             kwargs.update(action=argparse.BooleanOptionalAction, default=None)
         elif meta.get("repeat"):
             kwargs.update(action="append", type=opt.element_type)
-        elif not self.parts:
+        elif meta.get("nargs"):
+            kwargs["type"] = opt.element_type
+        elif not self.parts and isinstance(opt.type, type):  # Union[str, PathLike]: argparse's str
             kwargs["type"] = opt.type
-        group.add_argument(self.name, **kwargs)
+        if self.positional:  # argparse names a positional's dest by its name
+            group.add_argument(self.name, **kwargs)
+        else:
+            group.add_argument(*filter(None, (meta.get("short"), self.name)), dest=self.dest, **kwargs)
+
+    def given(self, args: argparse.Namespace) -> bool:
+        """Whether the flag was given on the command line (a switch: given as itself)."""
+        value = getattr(args, self.dest)
+        return value is not None and not (value is False and self.is_switch)
 
     def values(self, given: Any) -> list[Any]:
         """The value of each option from the parsed ``given`` (not None)."""
-        if self.turns_off:
-            return [False]
+        if self.is_switch:
+            return [not self.turns_off]
         if not self.parts:
             return [list(given) if isinstance(given, list) else given]
         types = [o.type for o in self.options] if len(self.options) > 1 else [self.options[0].element_type] * self.parts
@@ -110,22 +132,32 @@ def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag],
         flag.add_to(parser if title is None else sections[title])
 
 
+def given_values(args: argparse.Namespace, flags: Iterable[Flag]) -> Iterator[tuple[Option, Any]]:
+    """Each option whose flag was given on the command line, with its value."""
+    for flag in flags:
+        if flag.given(args):
+            yield from zip(flag.options, flag.values(getattr(args, flag.dest)))
+
+
 def apply_flags(config: Any, args: argparse.Namespace, flags: Iterable[Flag]) -> Any:
     """Set the options of ``config`` whose flag was given on the command line."""
-    for flag in flags:
-        given = getattr(args, flag.dest)
-        if given is None or (given is False and flag.turns_off):
-            continue
-        for opt, value in zip(flag.options, flag.values(given)):
-            opt.set(config, value)
+    for opt, value in given_values(args, flags):
+        opt.set(config, value)
     return config
 
 
 def given_paths(args: argparse.Namespace, flags: Iterable[Flag]) -> set[tuple[str, ...]]:
     """The option paths (``("recipe", "lr")``) whose flag was given on the command line."""
-    paths: set[tuple[str, ...]] = set()
-    for flag in flags:
-        given = getattr(args, flag.dest)
-        if given is not None and not (given is False and flag.turns_off):
-            paths.update(opt.path for opt in flag.options)
-    return paths
+    return {opt.path for flag in flags if flag.given(args) for opt in flag.options}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add the flags of configuration class ``cls`` to ``parser`` (a command's whole settings)."""
+    add_flags(parser, flags_of(cls))
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The ``cls`` of the flags given (:func:`add_config_flags`); other fields keep their defaults.
+    Its own checks run as it is made, and every declared bound after: a bad value is a one-line
+    UserError naming its flag."""
+    return check_bounds(build_config(cls, {opt.path: value for opt, value in given_values(args, flags_of(cls))}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,10 +13,11 @@ import torch
 from ..deploy import AdaptiveNet, example_input, export_static, run_export
 from ..evaluation import EvalConfig
 from ..fileio import output_dir
+from ..options import MAX_SEED, option
 from ..workflows import evaluate_run_dir
 from .adapt_cmd import replay, sample_inputs
-from .args import positive_float, positive_int, seed
 from .budgets import parse_trace
+from .dataclass_args import add_config_flags, config_from_args
 
 from ..training.config import PRESETS
 
@@ -31,6 +33,18 @@ DEMO_TRACE = """\
 """
 
 
+@dataclass(frozen=True)
+class DemoCommand:
+    """What ``pssnet demo`` was asked for."""
+
+    out: str = option("runs/demo", help="output directory (default runs/demo)")
+    epochs: float = option(1.5, above=0.0, help="training epochs over the 6,000 images (default 1.5)")
+    batch_size: int = option(32, min=1, help="training batch size (default 32)")
+    threads: int = option(1, min=1,
+                          help="torch CPU threads (default 1: robust on a shared machine; 2+ is faster on an idle one)")
+    seed: int = option(0, min=0, max=MAX_SEED, help="seed of the training run (default 0)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="train, evaluate and deploy a small supernet on shipped data (a few minutes on a CPU)",
@@ -38,34 +52,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     f"with PSS ({DEMO_CONSTRAINT}), evaluate the subnets each pool retained, print the Pareto "
                     "table, write pareto.png and adaptive.pt, replay a budget trace with live switching and "
                     "export one subnet to ONNX. Re-running reuses a finished training run in --out.")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--epochs", type=positive_float, default=1.5, help="training epochs over the 6,000 images (default 1.5)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default 32)")
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch CPU threads (default 1: robust on a shared machine; 2+ is faster on an idle one)")
-    p.add_argument("--seed", type=seed, default=0)
+    add_config_flags(p, DemoCommand)
     p.set_defaults(func=run)
 
 
-def _train(run_dir: Path, args: argparse.Namespace) -> None:
+def _train(run_dir: Path, command: DemoCommand) -> None:
     """The `demo` preset, with the demo's own --epochs, --batch-size, --seed and --threads."""
     from ..training import Trainer, TrainConfig, apply_preset
 
     config = TrainConfig(out=str(run_dir))
     apply_preset(config, "demo")
-    config.recipe.lr *= args.batch_size / config.batch_size  # the preset's lr is for its batch size
-    config.batch_size = args.batch_size
-    config.epochs = max(1, math.ceil(args.epochs))
-    config.max_iters = max(1, int(args.epochs * (6000 // args.batch_size)))  # 6,000 shipped images
-    config.seed = args.seed
-    config.threads = args.threads
+    config.recipe.lr *= command.batch_size / config.batch_size  # the preset's lr is for its batch size
+    config.batch_size = command.batch_size
+    config.epochs = max(1, math.ceil(command.epochs))
+    config.max_iters = max(1, int(command.epochs * (6000 // command.batch_size)))  # 6,000 shipped images
+    config.seed = command.seed
+    config.threads = command.threads
     Trainer(config).run()
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = output_dir(args.out, "--out")
+    command: DemoCommand = config_from_args(DemoCommand, args)
+    torch.set_num_threads(command.threads)
+    out = output_dir(command.out, "--out")
     run_dir = out / "mobilenet_v2-pss"
     start = time.perf_counter()
     print(f"pssnet demo: MobileNetV2 supernet (small input), PSS on fashion-mnist-mini, budgets {DEMO_CONSTRAINT}")
@@ -75,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  reusing the finished run in {run_dir} (delete {out} to train again)")
     else:
         t0 = time.perf_counter()
-        _train(run_dir, args)
-        print(f"  trained {args.epochs:g} epochs in {time.perf_counter() - t0:.0f} s -> {run_dir}")
+        _train(run_dir, command)
+        print(f"  trained {command.epochs:g} epochs in {time.perf_counter() - t0:.0f} s -> {run_dir}")
 
     print("\n[2/4] evaluation: BN recalibration, held-out selection among each pool's top 3, test accuracy")
     t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def build_config(args: argparse.Namespace):
 def asked_for(args: argparse.Namespace, config) -> set[tuple[str, ...]]:
     """The settings the user asked for: the flags given, and what ``--preset`` set."""
     from ..training.config import TrainConfig
-    from ..training.options import declared_options
+    from ..options import declared_options
 
     paths = given_paths(args, flags_of(TrainConfig))
     if args.preset:
@@ -68,10 +68,9 @@ def asked_for(args: argparse.Namespace, config) -> set[tuple[str, ...]]:
 def _lut_kinds(paths: list[str]) -> list[str]:
     if not paths:
         return []
-    from ..latency import LatencyTable
-    from ..resources import latency_kind_for
+    from ..latency import load_tables
 
-    return [latency_kind_for(LatencyTable.load(p).device) for p in paths]
+    return list(load_tables(paths))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from ..resources import ResourceMeter
 from ..data import split_train
 from ..layout import canonicalize
 from ..errors import UserError
+from ..options import MAX_SEED, check_bounds, option
 from ..latency import LatencyTable
 from ..space import Subnet
 from ..supernet import Supernet, create_supernet
@@ -39,24 +40,24 @@ SELECT_ON = ("holdout", "test")
 class EvalConfig:
     """How a run is evaluated (the ``pssnet eval`` options)."""
 
-    top_k: int = 5
-    calib_batches: int = 16
-    holdout: int = 2000
-    select_on: str = "holdout"
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    top_k: int = option(5, min=1, help="candidates per budget (default 5)")
+    calib_batches: int = option(16, min=1, help="BN recalibration batches per subnet (default 16)")
+    holdout: int = option(2000, min=1, help="training images held out for selection when the run kept none out "
+                                            "(default 2000, at most half)")
+    select_on: str = option("holdout", choices=SELECT_ON,
+                            help="split that picks the subnet per budget; 'test' is the reference's flattering way")
+    batch_size: int = option(128, min=1, help="images per evaluation batch (default 128)")
+    seed: int = option(0, min=0, max=MAX_SEED, help="seed of the held-out split and candidate search")
+    device: str = option("auto", help="cpu, cuda or auto (default)")
+    progress: bool = option(True, flag=None, help="progress bars")
     # Bytes of prepared images each image set (calibration, held-out, test) may keep in memory
     # for reuse by every candidate; 0 decodes them again for every candidate.
-    cache_bytes: int = CACHE_BYTES
+    cache_bytes: int = option(CACHE_BYTES, flag=None, min=0, help="bytes of prepared images kept per image set")
 
     def __post_init__(self) -> None:
         if self.select_on not in SELECT_ON:
             raise UserError(f"--select-on must be one of {', '.join(SELECT_ON)}, got '{self.select_on}'")
-        for name in ("top_k", "calib_batches", "holdout", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_bounds(self)
 
     def selection_settings(self) -> dict[str, Any]:
         """The settings that decide which subnets are kept and what is measured (not how fast)."""

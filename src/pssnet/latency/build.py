@@ -7,11 +7,12 @@ few whole subnets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import random
 import statistics
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -20,7 +21,7 @@ from ..errors import UserError
 from ..space import SearchSpace, Subnet
 from ..supernet import Supernet, extract_subnet
 from ..timing import MeasureSettings
-from .blocks import config_call, enumerate_configs
+from .blocks import BlockConfig, config_call, enumerate_configs
 from .table import LatencyTable
 
 
@@ -71,6 +72,48 @@ def calibrate_overhead(net: Supernet, table: LatencyTable, settings: MeasureSett
     return float(statistics.median(measured[s.key] - table.predict(net.layout, s) for s in subnets))
 
 
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (None: the current count), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resumed_entries(path: str | os.PathLike | None, force: bool, model_config: Mapping[str, Any],
+                     settings: MeasureSettings) -> dict[str, float]:
+    """The entries of the partial table at ``path`` to resume (none without one, or with ``force``);
+    a table measured otherwise is a UserError."""
+    if path is None or force or not pathlib.Path(path).exists():
+        return {}
+    old = LatencyTable.load(path)
+    reason = _compatible(old, model_config, settings)
+    if reason:
+        raise UserError(f"{path} exists but cannot be resumed ({reason}): pass --force to rebuild it "
+                        "or choose another -o")
+    return dict(old.entries)
+
+
+def _measure_entries(table: LatencyTable, pending: list[BlockConfig], settings: MeasureSettings,
+                     path: str | os.PathLike | None, save_every: int, on_round: Callable[[int], Any],
+                     raw_samples: dict[str, list[float]] | None) -> None:
+    """Measure ``pending`` into ``table`` in chunks of ``save_every``, saving to ``path`` after each."""
+    # Chunks bound the work lost to an interruption; rounds run within a chunk.
+    for start in range(0, len(pending), save_every):
+        chunk = pending[start:start + save_every]
+        calls = {c.key: config_call(c, settings) for c in chunk}
+        samples = timing.time_calls(calls, settings, on_round=on_round)
+        table.entries.update({key: timing.summarize(v, settings.statistic) for key, v in samples.items()})
+        if raw_samples is not None:
+            raw_samples.update(samples)
+        if path is not None:
+            table.save(path)
+
+
 def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLike | None = None,
                 force: bool = False, save_every: int = 40, progress: bool = True,
                 raw_samples: dict[str, list[float]] | None = None) -> LatencyTable:
@@ -85,34 +128,15 @@ def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLik
 
     config = net.config.to_dict()
     configs = enumerate_configs(net.layout, net.space)
-    previous_threads = torch.get_num_threads()
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    try:
-        entries: dict[str, float] = {}
-        if path is not None and pathlib.Path(path).exists() and not force:
-            old = LatencyTable.load(path)
-            reason = _compatible(old, config, settings)
-            if reason:
-                raise UserError(f"{path} exists but cannot be resumed ({reason}): pass --force to rebuild it "
-                                "or choose another -o")
-            entries = dict(old.entries)
+    with _cpu_threads(settings.threads):
+        entries = _resumed_entries(path, force, config, settings)
         table = LatencyTable(entries, devices.describe_device(settings.device), config, settings.batch, settings.to_dict(),
                              complete=False, source=str(path) if path is not None else None)
         pending = [c for key, c in configs.items() if key not in table.entries]
         bar = tqdm(total=len(pending) * settings.rounds, desc="measuring blocks", unit="timing",
                    disable=not progress or not pending)
         try:
-            # Chunks bound the work lost to an interruption; rounds run within a chunk.
-            for start in range(0, len(pending), save_every):
-                chunk = pending[start:start + save_every]
-                calls = {c.key: config_call(c, settings) for c in chunk}
-                samples = timing.time_calls(calls, settings, on_round=bar.update)
-                table.entries.update({key: timing.summarize(v, settings.statistic) for key, v in samples.items()})
-                if raw_samples is not None:
-                    raw_samples.update(samples)
-                if path is not None:
-                    table.save(path)
+            _measure_entries(table, pending, settings, path, save_every, bar.update, raw_samples)
             table.complete = all(key in table.entries for key in configs)
             if table.complete:
                 table.overhead_ms = calibrate_overhead(net, table, settings)
@@ -121,5 +145,3 @@ def build_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLik
             if path is not None:
                 table.save(path)
         return table
-    finally:
-        torch.set_num_threads(previous_threads)

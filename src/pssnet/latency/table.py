@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..fileio import write_text_atomic
 from ..schema import FieldError
 from ..layout import Layout
-from ..resources import LATENCY_DEVICES
+from ..resources import LATENCY_DEVICES, latency_kind_for
 from ..space import Subnet
 from .keys import block_input_sizes, layout_parts, subnet_keys
 
@@ -147,6 +147,19 @@ class LatencyTable:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read latency table {path} ({exc}): rebuild it with pssnet lut build") from None
         return cls.from_dict(data, source=str(path))
+
+
+def load_tables(paths: Iterable[str | os.PathLike]) -> dict[str, LatencyTable]:
+    """The tables at ``paths`` (``--lut`` files) by the latency kind each serves (``latency_cpu``,
+    ``latency_gpu``: by the device it was measured on); two for one kind is a UserError."""
+    tables: dict[str, LatencyTable] = {}
+    for path in paths:
+        table = LatencyTable.load(path)
+        kind = latency_kind_for(table.device)
+        if kind in tables:
+            raise UserError(f"two latency tables for {kind} given; pass one --lut per device")
+        tables[kind] = table
+    return tables
 
 
 def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:

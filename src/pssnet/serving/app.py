@@ -4,12 +4,10 @@
 ``POST /predict`` is a bare ASGI handler in front of the FastAPI app, which serves the rest and
 runs start-up and shutdown. Why: on one CPU core the server's Python work per request competes
 with inference, and FastAPI's middleware stack, dependency resolution and thread-pool hop cost
-more CPU per request than serving the smallest subnet's share of a batch (py-spy on the demo's
-bundle under load: three quarters of the process's Python time was on the event loop, and the
-closed-loop throughput of the smallest subnet rose from 811 to 1,180 requests/s with this
-handler and the ``.npy`` reader of :mod:`.preprocess`). The bare handler does only what the
-endpoint needs; bodies up to ``INLINE_DECODE_BYTES`` are decoded on the event loop, larger ones
-(real photos) in a thread so that the loop keeps accepting requests.
+more CPU per request than serving the smallest subnet's share of a batch (the measured figures
+are in the README's Serving section). The bare handler does only what the endpoint needs;
+bodies up to ``INLINE_DECODE_BYTES`` are decoded on the event loop, larger ones (real photos) in
+a thread so that the loop keeps accepting requests.
 """
 
 from __future__ import annotations

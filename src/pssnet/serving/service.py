@@ -3,42 +3,19 @@ inference worker and metrics, with start (calibrate, then serve) and drain."""
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import torch
 
 from ..deploy import AdaptiveNet
-from ..errors import UserError
 from .batcher import Batcher, Job
-from .controller import SloConfig, SloController, subnet_profiles
+from .config import ServeConfig
+from .controller import SloController
 from .metrics import ServingMetrics
 from .preprocess import Preprocessing, preprocessing_for
+from .service_model import subnet_profiles
 from .worker import InferenceWorker
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """What ``pssnet serve`` was asked for."""
-
-    bundle: Union[str, os.PathLike]
-    slo: SloConfig
-    host: str = "127.0.0.1"
-    port: int = 8000
-    fixed: Optional[str] = None  # "largest", "smallest" or a retained subnet's key
-    threads: Optional[int] = None
-    top_k: int = 5
-    calibration_repeats: int = 5
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"--port must be in 0..65535, got {self.port}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {self.threads}")
-        if self.top_k < 1 or self.calibration_repeats < 1:
-            raise UserError("top_k and calibration_repeats must be at least 1")
 
 
 def resolve_fixed(adaptive: AdaptiveNet, fixed: Optional[str]) -> Optional[str]:

@@ -2,7 +2,7 @@
 :class:`SloController` pick the subnet, runs :class:`~pssnet.deploy.AdaptiveNet` and answers
 each request's future. It also tells the controller what the server's CPU went to: each forward
 pass's own CPU time and the process's meanwhile, and the process's CPU time outside forward
-passes per request served (HTTP, decoding, batching: see :mod:`.controller`)."""
+passes per request served (HTTP, decoding, batching: see :mod:`.service_model`)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class InferenceWorker:
         if self.adaptive.current is not retained:
             self.adaptive.switch_to(retained)
         with self.lock:
-            size = self.controller.model.run_size(key, len(jobs))
+            size = self.controller.run_size(key, len(jobs))
         try:
             x = torch.stack([job.input for job in jobs])
             if size > len(jobs):  # padded to a size measured faster; the extra rows are dropped
@@ -126,7 +126,7 @@ class InferenceWorker:
                 self.controller.observe_overhead(outside_ms, len(jobs))
             else:
                 self.controller.observe(key, len(jobs), service_ms)
-            slowdown = self.controller.model.slowdown
+            slowdown = self.controller.slowdown
         self.metrics.record_batch(len(jobs), retained.resources.get("flops", 0.0), slowdown)
         for job, row in zip(jobs, probabilities.tolist()):
             job.future.set_result(Prediction(row, key, 1e3 * (start - job.arrival), service_ms))

@@ -1,6 +1,6 @@
 """Typed training configuration, its JSON form, and the named presets of ``pssnet train``.
 
-Each field declares its command-line flag, help text and bounds (:func:`.options.option`), so
+Each field declares its command-line flag, help text and bounds (:func:`pssnet.options.option`), so
 ``pssnet train``'s flags and :meth:`TrainConfig.validate` are generated from these classes.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from ..errors import UserError
 from ..fileio import output_dir
-from .options import check_bounds, option
+from ..options import MAX_SEED, check_bounds, option
 
 _WHAT, _RUN, _RECIPE, _PSS = "what to train", "run", "recipe (defaults: the paper's)", "PSS sampler"
 
@@ -90,7 +90,7 @@ class TrainConfig:
     batch_size: int = option(128, group=_RUN, min=1, help="images per process and iteration")
     max_iters: Optional[int] = option(None, group=_RUN, min=1, on_resume="harmless",
                                       help="stop after this many iterations (schedules shrink to fit)")
-    seed: int = option(0, group=_RUN, min=0, max=2**32 - 1, help="seed of weights, data order, augmentation and sampler (default 0)")
+    seed: int = option(0, group=_RUN, min=0, max=MAX_SEED, help="seed of weights, data order, augmentation and sampler (default 0)")
     holdout: int = option(2000, group=_RUN, min=0,
                           help="training images kept out for pssnet eval to select subnets on "
                                "(default 2000, at most a tenth; 0 trains on all)")

@@ -15,7 +15,7 @@ from ..data.datasets import dataset_name
 from ..errors import UserError
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
-from .options import declared_options
+from ..options import declared_options
 
 LOCK_NAME = ".lock"
 # fileio.atomic_write's temporary names: .<target>.<pid>.<8 hex>.tmp, next to the target.

@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..constraints import parse_constraints
-from ..resources import ResourceMeter, latency_kind_for
+from ..latency import load_tables
+from ..resources import ResourceMeter
 from ..data import DataBundle, data_fingerprint, load_data
 from ..errors import UserError
 from ..fileio import output_dir, save_atomic
@@ -30,7 +31,7 @@ from ..supernet import Supernet, create_supernet
 from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, run_record, save_checkpoint
 from .config import TrainConfig
 from .interrupt import StopSignals, TrainingInterrupted
-from .options import check_bounds
+from ..options import check_bounds
 from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, remove_stray_files, resume_command,
                       resume_config, saved_config, set_aside_checkpoints)
 from .distributed import DistContext, digest, init_distributed
@@ -39,21 +40,6 @@ from .data_order import EpochView, epoch_order, rank_seed, sample_seeds, without
 from .recipe import cosine_factor, weight_decay_groups
 from .run_log import ProgressBar, RunLogger
 from .step import SandwichStep, StepResult
-
-
-def _load_luts(paths: list[str]) -> dict[str, Any]:
-    if not paths:
-        return {}
-    from ..latency import LatencyTable
-
-    luts = {}
-    for path in paths:
-        table = LatencyTable.load(path)
-        kind = latency_kind_for(table.device)
-        if kind in luts:
-            raise UserError(f"two latency tables for {kind} given; pass one --lut per device")
-        luts[kind] = table
-    return luts
 
 
 @dataclass(frozen=True)
@@ -164,7 +150,7 @@ class Trainer:
             report = load_pretrained(net, c.init)
             if self.ctx.is_main:
                 print(report.summary())
-        luts = _load_luts(c.luts)
+        luts = load_tables(c.luts)
         meter = ResourceMeter(net.layout, luts)
         constraints = parse_constraints(c.constraints, meter, net.space)
         maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}

@@ -1,18 +1,24 @@
 """Options: configuration fields that declare their own flag, help text and bounds.
 
-A field made with :func:`option` carries everything the command line and the validation need in
-its metadata, so a setting is written once (see ``pssnet.cli.dataclass_args`` for the flags).
+Every command's settings are dataclasses of such fields (``TrainConfig``, ``EvalConfig``,
+``SloConfig``, ``ServeConfig``, ``MeasureSettings`` and the commands' own), so a setting and its
+bounds are written once: ``pssnet.cli.dataclass_args`` generates the flags from them, and
+:func:`check_bounds` checks a configuration however it was made (flags, presets, Python).
 Metadata keys:
 
 ``help``     the flag's help text (required);
 ``flag``     the flag's name; default ``--field-name``; ``None``: not on the command line. A bool
              field gets ``--x/--no-x``, unless its flag starts with ``--no-`` (a switch that turns it
-             off). Several fields sharing one flag are given together as ``A:B`` (e.g. ``--p-range``);
+             off) or ``switch`` is set (a flag that only turns it on). Several fields sharing one
+             flag are given together as ``A:B`` (e.g. ``--p-range``);
+``positional`` the value is a positional argument (named by ``metavar``), not a flag;
+``short``    a one-letter alias of the flag (``-o``);
 ``group``    the help section the flag is listed in;
 ``metavar``, ``choices`` (a sequence, or a callable returning one, resolved when the parser is
              built), ``required``;
-``repeat``   a list field whose flag may be given several times, one element each; any other list
-             field is one ``A:B:C`` value with as many parts as ``metavar`` has;
+``repeat``   a list field whose flag may be given several times, one element each; ``nargs``
+             (``"+"``): a list field given as several values after one flag; any other list field
+             is one ``A:B:C`` value with as many parts as ``metavar`` has;
 ``example``  a valid ``A:B:C`` value, quoted when a value is malformed;
 ``min``, ``max``  the smallest / largest allowed value; ``above``, ``below``: exclusive bounds.
              Checked by :func:`check_bounds` (on every element of a list), which also requires
@@ -32,7 +38,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Union
 
-from ..errors import UserError
+from .errors import UserError
+
+# Seeds feed numpy's generators, which take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
@@ -52,6 +61,10 @@ class Option:
 
     @property
     def flag(self) -> Optional[str]:
+        """``--field-name``, the declared flag, None (not on the command line), or the field's
+        name for a positional argument."""
+        if self.meta.get("positional"):
+            return self.path[-1]
         return self.meta.get("flag", "--" + self.path[-1].replace("_", "-"))
 
     @property
@@ -92,6 +105,22 @@ def declared_options(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[Option
             yield Option(prefix + (f.name,), annotation, optional, f.metadata)
 
 
+def build_config(cls: type, values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...] = ()) -> Any:
+    """A ``cls`` made from ``values`` (option path -> value) and the defaults of the other fields,
+    nested configurations alike. Every value goes to the constructor, so frozen classes, fields
+    without a default and the classes' own checks (``__post_init__``) work as in Python."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        path = prefix + (f.name,)
+        annotation, _ = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(annotation):
+            kwargs[f.name] = build_config(annotation, values, path)
+        elif path in values:
+            kwargs[f.name] = values[path]
+    return cls(**kwargs)
+
+
 def _bound_error(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
     """Why ``value`` breaks the bounds in ``meta``, or None when it keeps them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -105,9 +134,9 @@ def _bound_error(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def check_bounds(config: Any) -> None:
+def check_bounds(config: Any) -> Any:
     """Raise a UserError naming the flag of the first option whose value (or one of whose list
-    elements) breaks its declared bounds or, being a float, is not finite."""
+    elements) breaks its declared bounds or, being a float, is not finite; else return ``config``."""
     for opt in declared_options(type(config)):
         value = opt.get(config)
         for item in (value if isinstance(value, list) else [value]):
@@ -115,5 +144,6 @@ def check_bounds(config: Any) -> None:
                 continue
             problem = _bound_error(item, opt.meta)
             if problem:
-                name = opt.flag or ".".join(opt.path)
+                name = opt.flag if opt.flag and opt.flag.startswith("-") else ".".join(opt.path)
                 raise UserError(f"{name} must {problem}, got {item}")
+    return config
