@@ -135,11 +135,11 @@ def test_trained_run_pools_hold_distinct_canonical_subnets(tmp_path, capsys):
     Trainer(config).run()
     printed = capsys.readouterr().out
     run = load_run(tmp_path / "run")
-    net = create_supernet(**run["model_config"])
-    entries = [Subnet.from_dict(e["subnet"]) for pool in run["pools"]["flops"].values() for e in pool]
+    net = create_supernet(**run.model_config)
+    entries = [subnet for pool in run.pools["flops"].values() for subnet, _ in pool]
     assert len(entries) >= 12
-    for pool in run["pools"]["flops"].values():
-        subnets = [Subnet.from_dict(e["subnet"]) for e in pool]
+    for pool in run.pools["flops"].values():
+        subnets = [subnet for subnet, _ in pool]
         assert all(canonicalize(net, s) == s for s in subnets)
         networks = {(s.resolution, net.layout.group_channels(s.widths)) for s in subnets}
         assert len(networks) == len(subnets)  # pairwise distinct networks

@@ -8,8 +8,8 @@ import textwrap
 import time
 
 import pytest
-import torch
 
+from pssnet.training import load_run
 from pssnet.training.distributed import digest
 from test_train_e2e import _args
 
@@ -29,13 +29,13 @@ def test_two_gloo_ranks_train_identically(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ranks = next(r for r in rows if r.get("event") == "ranks")
-    run = torch.load(out / "final.pt", weights_only=True)
-    assert ranks["pool_digests"] == [digest(run["pools"])] * 2  # both ranks hold rank 0's saved pools
+    run = load_run(out)
+    assert ranks["pool_digests"] == [digest(run.to_dict()["pools"])] * 2  # both ranks hold rank 0's saved pools
     assert len(ranks["sequence_digests"]) == 2 and len(set(ranks["sequence_digests"])) == 1
     config = json.loads((out / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2
     assert config["resolved"]["lr"] == 0.3 * 16 / 1024  # linear scaling with the global batch
-    assert sum(len(e) for e in run["pools"]["flops"].values()) >= 3
+    assert sum(len(e) for e in run.pools["flops"].values()) >= 3
 
 
 def test_failing_rank_exits_non_zero_with_message(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import torch
 
@@ -20,10 +20,14 @@ from ..constraints import KINDS, Constraint
 from ..errors import UserError
 from ..fileio import load_plain, save_atomic
 from ..layout import canonicalize
+from ..run_record import RunRecord
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
 from ..supernet import Supernet, create_supernet
 from ..supernet_config import SupernetConfig
+
+if TYPE_CHECKING:  # a bundle is made from an evaluation's result; reading one needs none of evaluation
+    from ..evaluation.results import EvalResult
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 BnStats = Mapping[str, Mapping[str, torch.Tensor]]  # {bn_name: {"mean"/"var": [slots, channels]}}
@@ -62,18 +66,17 @@ class BundleContents:
     info: dict[str, Any]
 
 
-def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[str, tuple]],
+def make_bundle(run: RunRecord, result: EvalResult, stats: Mapping[Subnet, Mapping[str, tuple]],
                 image_size: Optional[int] = None, preprocessing: Optional[Mapping[str, Any]] = None
                 ) -> dict[str, Any]:
-    """The ``adaptive.pt`` dict for an evaluated run.
+    """The ``adaptive.pt`` dict for a run and its evaluation ``result``.
 
-    ``result`` is an :class:`~pssnet.evaluation.EvalResult`; ``stats`` maps each retained
-    subnet to its recalibrated ``{bn_name: (mean, var)}``; ``preprocessing`` is the data's
-    :attr:`~pssnet.data.DataBundle.preprocessing` (how an image becomes an input, class names),
-    which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
+    ``stats`` maps each retained subnet to its recalibrated ``{bn_name: (mean, var)}``;
+    ``preprocessing`` is the data's :attr:`~pssnet.data.DataBundle.preprocessing` (how an image
+    becomes an input, class names), which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
     canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's entry and BN slot.
     """
-    config = SupernetConfig.from_dict(run["model_config"])
+    config = SupernetConfig.from_dict(run.model_config)
     layout, space = config.layout(), config.space()
     entries: dict[Subnet, dict[str, Any]] = {}
     evaluated: dict[Subnet, Subnet] = {}  # canonical -> the retained subnet whose statistics it keeps
@@ -92,15 +95,15 @@ def make_bundle(run: Mapping[str, Any], result, stats: Mapping[Subnet, Mapping[s
                 for name in names}
     return {
         "format": BUNDLE_FORMAT,
-        "model_config": dict(run["model_config"]),
-        "state_dict": {k: v.detach().cpu() for k, v in run["state_dict"].items()},
+        "model_config": dict(run.model_config),
+        "state_dict": {k: v.detach().cpu() for k, v in run.state_dict.items()},
         "constraints": [c.to_dict() for c in result.constraints],
         "sampler": result.sampler,
         "select_on": result.select_on,
-        "data": run.get("data"),
+        "data": run.data,
         "image_size": image_size,
         "preprocessing": dict(preprocessing) if preprocessing else None,
-        "luts": dict(run.get("luts") or {}),
+        "luts": dict(run.luts),
         "subnets": list(entries.values()),
         "bn_stats": bn_stats,
     }

@@ -254,7 +254,7 @@ class Trainer:
 
         self._check_ranks(state.sampler, state.sequence.hex(), logger)
         if self.ctx.is_main:
-            save_atomic(run_record(state.state_dict()), self.out / "final.pt")
+            save_atomic(run_record(state.state_dict()).to_dict(), self.out / "final.pt")
             logger.close(state.iteration)
         return self.out
 

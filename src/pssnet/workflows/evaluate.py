@@ -7,6 +7,7 @@ reader that it drives; none of them imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from ..evaluation.evaluator import EvalConfig, evaluate_run
 from ..evaluation.results import EvalResult, load_eval
 from ..fileio import write_text_atomic
 from ..report import write_report
+from ..run_record import RunRecord
 from ..training.checkpoint import load_run
 
 
@@ -38,7 +40,7 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     run, data = _run_and_data(run_dir, data_spec)
     result, evaluator = evaluate_run(run, data, config, run_dir.name, constraints)
-    result.settings["config"]["data"] = data_spec or run["data"]
+    result.settings["config"]["data"] = data_spec or run.data
     others = [_compare_result(Path(d), config, data_spec, result.constraints) for d in compare]
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,20 +79,19 @@ def _compare_result(run_dir: Path, config: EvalConfig, data_spec: Optional[str],
     if not run_dir.is_dir():
         raise UserError(f"comparison run '{run_dir}' does not exist; pass a run directory to --compare")
     run, data = _run_and_data(run_dir, data_spec)
-    own = [Constraint.from_dict(c) for c in run.get("constraints", [])]
-    result = evaluate_run(run, data, config, run_dir.name, None if run.get("pools") else own or constraints)[0]
-    result.settings["config"]["data"] = data_spec or run["data"]
+    result = evaluate_run(run, data, config, run_dir.name, None if run.pools else run.constraints or constraints)[0]
+    result.settings["config"]["data"] = data_spec or run.data
     return result
 
 
-def _run_and_data(run_dir: Path, data_spec: Optional[str]) -> tuple[dict, Any]:
-    """A run dict and the data set to evaluate it on (``data_spec``, default: the one it trained on)."""
+def _run_and_data(run_dir: Path, data_spec: Optional[str]) -> tuple[RunRecord, Any]:
+    """A run and the data set to evaluate it on (``data_spec``, default: the one it trained on)."""
     run = load_run(run_dir)
-    spec = data_spec or run.get("data")
+    spec = data_spec or run.data
     if not spec:
         raise UserError(f"{run_dir} does not name its data set; pass --data SPEC")
-    if spec != run.get("data") and run.get("holdout"):
+    if spec != run.data and run.holdout is not None:
         # The recorded held-out indices name images of the data set trained on, not of this one.
-        run = {**run, "holdout": None}
+        run = dataclasses.replace(run, holdout=None)
     # A folder trained at --image-size is evaluated at that size too.
-    return run, load_data(spec, run.get("image_size") if spec == run.get("data") else None)
+    return run, load_data(spec, run.image_size if spec == run.data else None)
