@@ -21,7 +21,7 @@ def todays_run() -> dict:
     small, large = net.space.smallest().to_dict(), net.space.largest().to_dict()
     return {
         "format": "pssnet-run/1",
-        "model_config": dict(net.config),
+        "model_config": net.config.to_dict(),
         "state_dict": net.state_dict(),
         "constraints": [{"kind": "flops", "start": 5.0, "stop": 11.0, "step": 2.0}],
         "pools": {"flops": {"7.0": [{"subnet": small, "score": -0.25}, {"subnet": large, "score": -1.5}],
