@@ -43,6 +43,7 @@ def _plain(run: dict) -> dict:
 def test_a_run_in_todays_format_round_trips_with_typed_fields():
     data = todays_run()
     record = RunRecord.from_dict(data)
+    assert record.model_config == tiny_supernet().config
     assert record.constraints == (Constraint("flops", 5, 11, 2),)
     assert record.pools["flops"]["7.0"][0] == (tiny_supernet().space.smallest(), -0.25)
     assert record.pools["flops"]["9.0"] == ()
@@ -72,6 +73,7 @@ def test_a_run_written_before_image_size_and_holdout_were_recorded_still_loads()
     (lambda d: d["state_dict"].update(extra=[1.0]), "field 'state_dict.extra' must be a tensor"),
     (lambda d: d.update(holdout={"count": 600}), "field 'holdout.seed' is missing"),
     (lambda d: d.update(model_config=["mobilenet_v2"]), "field 'model_config' must be a mapping"),
+    (lambda d: d["model_config"].update(num_classes="ten"), "model_config: field 'num_classes' must be an integer"),
 ])
 def test_a_run_file_with_a_missing_or_ill_typed_field_names_the_file_and_the_field(tmp_path, damage, field):
     data = todays_run()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pssnet
-from pssnet import ARCHITECTURES, canonicalize, count_flops, count_params, create_supernet, make_divisible
+from pssnet import ARCHITECTURES, Supernet, canonicalize, count_flops, count_params, create_supernet, make_divisible
 from pssnet.layout import canonical_widths
 from pssnet.space import Subnet
 
@@ -135,7 +135,7 @@ def test_trained_run_pools_hold_distinct_canonical_subnets(tmp_path, capsys):
     Trainer(config).run()
     printed = capsys.readouterr().out
     run = load_run(tmp_path / "run")
-    net = create_supernet(**run.model_config)
+    net = Supernet(run.model_config)
     entries = [subnet for pool in run.pools["flops"].values() for subnet, _ in pool]
     assert len(entries) >= 12
     for pool in run.pools["flops"].values():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pssnet import count_flops, create_supernet
+from pssnet import Supernet, count_flops
 from pssnet.cli import main
 from pssnet.run_record import Holdout
 from pssnet.training import load_run
@@ -47,7 +47,7 @@ def test_train_writes_run_dir_and_fills_pools(tmp_path):
     # A tenth of the 6,000 images is kept out of training for pssnet eval's selection.
     assert run.holdout == Holdout(count=600, seed=1)
     assert config["resolved"]["iterations_per_epoch"] == 5400 // 8
-    net = create_supernet(**run.model_config)
+    net = Supernet(run.model_config)
     net.load_state_dict(run.state_dict)
     c = run.constraints[0]
     assert set(run.pools["flops"]) == {"6.0", "10.0", "14.0"}

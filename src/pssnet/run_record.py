@@ -18,6 +18,7 @@ from .constraints import Constraint
 from .errors import UserError
 from .schema import FieldError
 from .space import SpaceError, Subnet
+from .supernet_config import SupernetConfig
 
 RUN_FORMAT = "pssnet-run/1"
 
@@ -38,7 +39,7 @@ class Holdout:
 class RunRecord:
     """A trained supernet with its budgets, pools and the facts evaluation needs."""
 
-    model_config: dict[str, Any]  # keyword arguments of create_supernet
+    model_config: SupernetConfig
     state_dict: dict[str, torch.Tensor]
     constraints: tuple[Constraint, ...]
     pools: dict[str, dict[str, PoolEntries]]  # kind -> target_key(target) -> entries; {} without PSS
@@ -54,7 +55,7 @@ class RunRecord:
         """The on-disk form (``final.pt``); :meth:`from_dict` inverts it."""
         return {
             "format": RUN_FORMAT,
-            "model_config": dict(self.model_config),
+            "model_config": self.model_config.to_dict(),
             "state_dict": self.state_dict,  # as read: torch's OrderedDict keeps its _metadata (versions)
             "constraints": [c.to_dict() for c in self.constraints],
             "pools": {kind: {key: [{"subnet": s.to_dict(), "score": score} for s, score in entries]
@@ -84,7 +85,7 @@ class RunRecord:
         if schema.require(data, "format") != RUN_FORMAT:
             raise FieldError(f"field 'format' must be {RUN_FORMAT!r}, got {data['format']!r}")
         return cls(
-            model_config=dict(schema.mapping(schema.require(data, "model_config"), "model_config")),
+            model_config=_model_config(schema.require(data, "model_config")),
             state_dict=_state_dict(schema.require(data, "state_dict")),
             constraints=_constraints(schema.require(data, "constraints")),
             pools=_pools(schema.require(data, "pools")),
@@ -97,6 +98,13 @@ class RunRecord:
             iterations=schema.integer(schema.require(data, "iterations"), "iterations", 0),
             holdout=_holdout(data.get("holdout")),
         )
+
+
+def _model_config(value: Any) -> SupernetConfig:
+    try:
+        return SupernetConfig.from_dict(schema.mapping(value, "model_config"))
+    except FieldError as exc:
+        raise FieldError(f"model_config: {exc}") from None
 
 
 def _state_dict(value: Any) -> dict[str, torch.Tensor]:

@@ -24,7 +24,6 @@ from ..run_record import RunRecord
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
 from ..supernet import Supernet, create_supernet
-from ..supernet_config import SupernetConfig
 
 if TYPE_CHECKING:  # a bundle is made from an evaluation's result; reading one needs none of evaluation
     from ..evaluation.results import EvalResult
@@ -76,8 +75,7 @@ def make_bundle(run: RunRecord, result: EvalResult, stats: Mapping[Subnet, Mappi
     becomes an input, class names), which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
     canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's entry and BN slot.
     """
-    config = SupernetConfig.from_dict(run.model_config)
-    layout, space = config.layout(), config.space()
+    layout, space = run.model_config.layout(), run.model_config.space()
     entries: dict[Subnet, dict[str, Any]] = {}
     evaluated: dict[Subnet, Subnet] = {}  # canonical -> the retained subnet whose statistics it keeps
     for label, cand in result.retained():
@@ -95,7 +93,7 @@ def make_bundle(run: RunRecord, result: EvalResult, stats: Mapping[Subnet, Mappi
                 for name in names}
     return {
         "format": BUNDLE_FORMAT,
-        "model_config": dict(run.model_config),
+        "model_config": run.model_config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in run.state_dict.items()},
         "constraints": [c.to_dict() for c in result.constraints],
         "sampler": result.sampler,

@@ -15,7 +15,6 @@ from ..layout import canonical_widths, canonicalize
 from ..resources import ResourceMeter
 from ..run_record import RunRecord
 from ..space import SearchSpace, Subnet, subnets_from_arrays
-from ..supernet_config import SupernetConfig
 
 
 def pool_candidates(run: RunRecord, constraints: Sequence[Constraint], top_k: int
@@ -25,8 +24,7 @@ def pool_candidates(run: RunRecord, constraints: Sequence[Constraint], top_k: in
     Subnets are canonical and distinct; of copies of one network (pools of runs made before
     canonical subnets) the best-scored one stands for it.
     """
-    config = SupernetConfig.from_dict(run.model_config)
-    layout, space = config.layout(), config.space()
+    layout, space = run.model_config.layout(), run.model_config.space()
     out = []
     for c in constraints:
         by_target = run.pools.get(c.kind, {})

@@ -29,7 +29,7 @@ from ..options import MAX_SEED, check_bounds, option
 from ..latency import LatencyTable
 from ..run_record import RunRecord
 from ..space import Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet
 from .batches import CACHE_BYTES, Batches
 from .candidates import pool_candidates, search_candidates
 from .results import BudgetResult, Candidate, EvalResult
@@ -122,7 +122,7 @@ def meter_for(net: Supernet, luts: Mapping[str, Any] | None) -> ResourceMeter:
 
 def supernet_from_run(run: RunRecord, device: torch.device) -> Supernet:
     """The trained supernet of a run, on ``device``, in eval mode."""
-    net = create_supernet(**run.model_config)
+    net = Supernet(run.model_config)
     net.load_state_dict(run.state_dict)
     return net.to(device).eval()
 
