@@ -18,7 +18,8 @@ Then, on the CPU, the device parts: the reference's normalisation, and our batch
 jitter, lighting, flip and normalisation. ``ours_total_images_per_s_cpu`` counts both parts
 (a CPU-only run must not get slower: ``ours_total_over_reference_cpu`` >= 1.0).
 
-Ratios are medians of per-batch ratios (machine noise hits both alike); rates are medians.
+Ratios are medians of per-batch ratios (machine noise hits both alike); rates are medians. The
+device parts work on the latest batch their worker variant made (same size, same kind).
 ``draft_speedup_large`` repeats ours on 1000x750 pictures with and without reduced-size JPEG
 decoding (libjpeg DCT scaling; it cannot apply at 500x375, where no 224 px crop is downscaled
 by 2 or more).
