@@ -22,7 +22,7 @@ FLAGS_BEFORE = {
     "--map-cache",
 }
 # Flags added since (issue 10): each is one TrainConfig field.
-FLAGS_ADDED = {"--image-size", "--dropout", "--init"}
+FLAGS_ADDED = {"--image-size", "--dropout", "--init", "--decode-on-device"}
 
 
 def _parser():
@@ -95,6 +95,7 @@ ROUND_TRIP = [
     (["--image-size", "48"], ("image_size",), 48),
     (["--dropout", "0.2"], ("dropout",), 0.2),
     (["--init", "w.pth"], ("init",), "w.pth"),
+    (["--decode-on-device"], ("decode_on_device",), True),
 ]
 
 

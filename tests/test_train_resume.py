@@ -23,6 +23,7 @@ def _metrics(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("images_per_s", None)  # wall-clock speed differs between runs
+        row.pop("data_wait_fraction", None)
     return rows
 
 

@@ -115,7 +115,11 @@ class TrainConfig:
                          help="auto (default): CUDA when available, else CPU")
     amp: bool = option(False, group=_RUN, help="mixed precision")
     channels_last: bool = option(False, group=_RUN, help="channels-last memory format (GPUs)")
-    num_workers: int = option(0, group=_RUN, min=0, on_resume="local", help="data-loader workers (default 0)")
+    num_workers: Optional[int] = option(None, group=_RUN, min=0, on_resume="local",
+                                        help="data-loader workers (default: on CUDA one per CPU core of this "
+                                             "process but one, at most 8; on the CPU 0)")
+    decode_on_device: bool = option(False, group=_RUN, on_resume="local",
+                                    help="decode folder JPEGs on the CUDA device (nvJPEG) instead of in the workers")
     threads: Optional[int] = option(None, group=_RUN, min=1, on_resume="local", help="torch CPU threads")
     log_every: int = option(10, group=_RUN, min=1, on_resume="harmless", help="iterations between metrics lines (default 10)")
     progress: bool = option(True, flag="--no-progress", group=_RUN, on_resume="local", help="no progress bar")

@@ -23,6 +23,7 @@ from ..constraints import parse_constraints
 from ..latency import load_tables
 from ..resources import ResourceMeter
 from ..data import DataBundle, data_fingerprint, load_data
+from ..data.device_stage import default_workers, device_stage_for
 from ..errors import UserError
 from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
@@ -37,6 +38,7 @@ from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, r
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .data_order import EpochView, epoch_order, rank_seed, sample_seeds, without_holdout
+from .data_wait import DataWait
 from .recipe import cosine_factor, weight_decay_groups
 from .run_log import ProgressBar, RunLogger
 from .step import SandwichStep, StepResult
@@ -67,6 +69,7 @@ class Trainer:
         self.data_fingerprint = ""  # of the data trained on; set when the data is loaded
         self._resume_changes: list[str] = []  # harmless changes a --resume asked for
         self._last_save = time.monotonic()
+        self._data_wait = DataWait(self.ctx.device)  # its stage is set once the data is loaded
 
     # -- set-up ---------------------------------------------------------------------------------
     def _note(self, message: str) -> None:
@@ -180,7 +183,8 @@ class Trainer:
         """config.json: the settings and what they resolved to."""
         return {**self.config.to_dict(), "resolved": {
             "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
-            "world_size": self.ctx.world_size, "model_config": state.net.config.to_dict(),
+            "world_size": self.ctx.world_size, "num_workers": self._workers(),
+            "model_config": state.net.config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
             "constraints": [x.to_dict() for x in state.constraints],
             "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}
@@ -194,9 +198,14 @@ class Trainer:
         seeds = sample_seeds(c.seed, epoch, positions[start_batch:, ctx.rank].ravel())
         view = EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
-        return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+        stage = self._data_wait.stage
+        return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=self._workers(),
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
-                          persistent_workers=False)
+                          persistent_workers=False, collate_fn=stage.collate if stage is not None else None)
+
+    def _workers(self) -> int:
+        c = self.config
+        return c.num_workers if c.num_workers is not None else default_workers(self.ctx.device)
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False, given: Optional[Collection[tuple[str, ...]]] = None) -> pathlib.Path:
@@ -231,6 +240,8 @@ class Trainer:
             self._note(f"resume: {', '.join(self._resume_changes)}")
         if self.ctx.is_main and data.description:
             print(f"data: {data.description}")
+        self._data_wait.stage = device_stage_for(data.device_stage, data.name, self.ctx.device,
+                                                 self.config.decode_on_device)
         train_set, holdout = without_holdout(data.train, self.config.holdout, self.config.seed)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
@@ -267,11 +278,12 @@ class Trainer:
         batches = min(plan.iters_per_epoch - start_batch, plan.total - state.iteration)
         bar = ProgressBar(c.progress and self.ctx.is_main, f"epoch {epoch + 1}/{c.epochs}", start_batch,
                           start_batch + batches)
-        for images, labels in loader:
+        for images, labels in self._data_wait.batches(loader):
             draw, result = self._train_iteration(state, step, images, labels, plan.total)
             epoch_end = state.iteration % plan.iters_per_epoch == 0
             last = state.iteration == plan.total
-            bar.advance(result.acc_largest, logger.step(state, epoch, result, draw, force=epoch_end or last))
+            bar.advance(result.acc_largest, logger.step(state, epoch, result, draw, force=epoch_end or last,
+                                                        data_wait=self._data_wait.take))
             self._sync_point(state, epoch_end or last, signals)
             batches -= 1
             if batches == 0:
