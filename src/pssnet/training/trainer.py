@@ -11,6 +11,7 @@ import math
 import pathlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Collection, Optional
 
@@ -303,7 +304,12 @@ class Trainer:
         result = step(images, labels, draw.subnet)
         self._check_finite(result, state.iteration + 1)
         state.sampler.update(draw, result.score)
-        state.scheduler.step()
+        with warnings.catch_warnings():
+            # With AMP the gradient scaler skips the optimizer step of an iteration whose gradients
+            # overflowed (the first few, while it finds its scale); the schedule still advances one
+            # iteration, as intended, and torch's warning about that would only alarm the user.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            state.scheduler.step()
         state.advance(draw.subnet)
         return draw, result
 
