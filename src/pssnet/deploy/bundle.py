@@ -22,7 +22,7 @@ from ..fileio import load_plain, save_atomic
 from ..layout import canonicalize
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet
 from ..supernet_config import SupernetConfig
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
@@ -134,7 +134,7 @@ def unpack_bundle(bundle: Mapping[str, Any], source: str = "the bundle") -> Bund
 def _unpack(bundle: Mapping[str, Any]) -> BundleContents:
     config = schema.mapping(schema.require(bundle, "model_config"), "model_config")
     try:
-        net = create_supernet(**config)
+        net = Supernet(SupernetConfig.from_dict(config))  # a retired layout is refused in one line
     except FieldError as exc:
         raise FieldError(f"model_config: {exc}") from None
     net.load_state_dict(schema.mapping(schema.require(bundle, "state_dict"), "state_dict"))

@@ -27,7 +27,8 @@ from ..layout import canonicalize
 from ..errors import UserError
 from ..latency import LatencyTable
 from ..space import Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet
+from ..supernet_config import SupernetConfig
 from .batches import CACHE_BYTES, Batches
 from .candidates import pool_candidates, search_candidates
 from .results import BudgetResult, Candidate, EvalResult
@@ -120,7 +121,7 @@ def meter_for(net: Supernet, luts: Mapping[str, Any] | None) -> ResourceMeter:
 
 def supernet_from_run(run: Mapping[str, Any], device: torch.device) -> Supernet:
     """The trained supernet of a run dict, on ``device``, in eval mode."""
-    net = create_supernet(**run["model_config"])
+    net = Supernet(SupernetConfig.from_dict(run["model_config"]))  # refuses a retired layout in one line
     net.load_state_dict(run["state_dict"])
     return net.to(device).eval()
 

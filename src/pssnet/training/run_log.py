@@ -51,7 +51,7 @@ class RunLogger:
         if iteration % self.config.log_every and not force:
             return
         now = time.perf_counter()
-        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
+        images = (iteration - self.tick_iteration) * self.config.global_batch(self.ctx.world_size)
         speed = images / max(now - self.tick, 1e-9)
         self.tick, self.tick_iteration = now, iteration
         row = {"iteration": iteration, "epoch": epoch, "lr": lr, "loss_largest": result.loss_largest,
