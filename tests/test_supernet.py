@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -113,6 +114,19 @@ def test_mobilenet_v2_keeps_its_final_conv_at_1280_channels_as_the_paper():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (reference(x) - static(x)).abs().max().item() <= 1e-5
+
+
+def test_pssnet_info_shows_8_widths_and_the_papers_smallest_mobilenet_v2(capsys):
+    from pssnet.cli import main
+
+    assert main(["info", "--arch", "mobilenet_v2"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mobilenet_v2: 8 width multipliers") and "head" not in text
+    assert main(["info", "--arch", "mobilenet_v2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert list(info["channel_choices"]) == ["stem"] + [f"stage{i}" for i in range(1, 8)]
+    assert info["smallest"]["subnet"]["resolution"] == 128 and abs(info["smallest"]["flops_m"] - 69.2) <= 0.1
+    assert info["largest"]["params"] == 3_504_872 and info["largest"]["flops_m"] == pytest.approx(300.77, abs=0.01)
 
 
 def test_mobilenet_v1_uses_relu6_everywhere():
