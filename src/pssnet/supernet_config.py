@@ -34,11 +34,12 @@ class SupernetConfig:
     """A registered architecture (:data:`pssnet.architectures.ARCHITECTURES`) and its options.
 
     ``resolutions`` is ``(min, max, step)``; None takes the architecture's default for
-    ``small_input``, and the field then holds that default. ``layout_version`` None takes the
-    architecture's current layout; an earlier one raises :class:`RetiredLayoutError`. ``dropout`` is the classifier's
+    ``small_input``, and the field then holds that default. ``dropout`` is the classifier's
     dropout probability (it replaces the layout's); the default 0 keeps training forwards
-    deterministic, so a subnet's reused training logits are its score. Every field is checked
-    (a :class:`~pssnet.schema.FieldError` names it) and stored as a plain int, float, bool or tuple.
+    deterministic, so a subnet's reused training logits are its score. ``layout_version`` None
+    takes the architecture's current layout (and holds its number); an earlier one raises
+    :class:`RetiredLayoutError`. Every field is checked (a :class:`~pssnet.schema.FieldError`
+    names it) and stored as a plain int, float, bool or tuple.
     """
 
     arch: str

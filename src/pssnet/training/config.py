@@ -87,7 +87,9 @@ class TrainConfig:
         help="budget grid, repeatable (flops, params, latency_cpu, latency_gpu); "
              "TYPE:auto[:COUNT] spans the space's range, TYPE:interior[:COUNT] the same without its end targets")
     epochs: int = option(250, group=_RUN, min=1, on_resume="harmless", help="passes over the training images (default 250)")
-    batch_size: int = option(128, group=_RUN, min=1, help="images per process and iteration")
+    batch_size: int = option(128, group=_RUN, min=1,
+                             help="images per process and iteration (a preset's batch is the global batch, "
+                                  "split over the processes)")
     batch_is_global: bool = option(False, flag=None,
                                    help="batch_size is the global batch, split over the processes (what a "
                                         "preset sets; an explicit --batch-size is per process; Python API only)")
