@@ -23,7 +23,8 @@ from ..layout import canonicalize
 from ..run_record import RunRecord
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet
+from ..supernet_config import SupernetConfig
 
 if TYPE_CHECKING:  # a bundle is made from an evaluation's result; reading one needs none of evaluation
     from ..evaluation.results import EvalResult
@@ -135,7 +136,7 @@ def unpack_bundle(bundle: Mapping[str, Any], source: str = "the bundle") -> Bund
 def _unpack(bundle: Mapping[str, Any]) -> BundleContents:
     config = schema.mapping(schema.require(bundle, "model_config"), "model_config")
     try:
-        net = create_supernet(**config)
+        net = Supernet(SupernetConfig.from_dict(config))  # a retired layout is refused in one line
     except FieldError as exc:
         raise FieldError(f"model_config: {exc}") from None
     net.load_state_dict(schema.mapping(schema.require(bundle, "state_dict"), "state_dict"))

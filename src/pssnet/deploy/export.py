@@ -11,7 +11,8 @@ import torch
 from ..errors import UserError
 from ..fileio import atomic_write, load_plain, save_atomic
 from ..space import Subnet
-from ..supernet import StaticSubnet, create_supernet, extract_subnet
+from ..supernet import StaticSubnet, Supernet, extract_subnet
+from ..supernet_config import SupernetConfig
 
 STATIC_FORMAT = "pssnet-static/1"
 EXPORT_FORMATS = ("pt", "torchscript", "onnx")
@@ -60,7 +61,7 @@ def _check_onnx_installed() -> None:
 def load_static(path: Union[str, os.PathLike]) -> StaticSubnet:
     """Load a ``pt`` export: rebuilds the subnet's structure and loads its sliced weights."""
     data = load_plain(path, "static subnet", STATIC_FORMAT, "export one with pssnet export BUNDLE --format pt")
-    net = create_supernet(**data["model_config"])
+    net = Supernet(SupernetConfig.from_dict(data["model_config"]))  # a retired layout: one line
     static = extract_subnet(net, Subnet.from_dict(data["subnet"]))
     static.load_state_dict(data["state_dict"])
     return static.eval()

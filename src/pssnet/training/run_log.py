@@ -100,7 +100,7 @@ class RunLogger:
         if not self.ctx.is_main or (iteration % self.config.log_every and not force):
             return None
         now = time.perf_counter()
-        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
+        images = (iteration - self.tick_iteration) * self.config.global_batch(self.ctx.world_size)
         elapsed = max(now - self.tick, 1e-9)
         speed = images / elapsed
         self.tick, self.tick_iteration = now, iteration

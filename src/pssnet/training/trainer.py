@@ -30,8 +30,9 @@ from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
+from ..supernet_config import SupernetConfig
 from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, run_record, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, run_summary
 from .interrupt import StopSignals, TrainingInterrupted
 from ..options import check_bounds
 from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, remove_stray_files, resume_command,
@@ -94,6 +95,7 @@ class Trainer:
             if self.checkpoint is None:
                 self._note(f"note: {self.out} has no complete checkpoint; starting the run from the beginning")
             else:
+                SupernetConfig.from_dict(self.checkpoint["model_config"])  # a retired layout: one line
                 check_world_size(self.checkpoint, self.ctx.world_size, self.out)
             # Reported once the data is known to be the run's (a moved --data is one of them).
             self.config, self._resume_changes = resume_config(saved, self.config, given)
@@ -138,12 +140,13 @@ class Trainer:
 
     def _schedule(self, num_train: int) -> _Schedule:
         c, world = self.config, self.ctx.world_size
-        iters_per_epoch = num_train // (c.batch_size * world)
+        batch = c.process_batch(world)
+        iters_per_epoch = num_train // (batch * world)
         if iters_per_epoch < 1:
             raise UserError(f"{num_train} training images are fewer than one batch of "
-                            f"{c.batch_size} x {world} processes; lower --batch-size")
+                            f"{batch} x {world} processes; lower --batch-size")
         total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
-        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * world / 1024
+        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * batch * world / 1024
         return _Schedule(iters_per_epoch, total, lr, int(round(c.recipe.warmup_epochs * iters_per_epoch)))
 
     def _build_state(self, data: DataBundle, holdout: Optional[dict[str, int]], plan: _Schedule) -> TrainState:
@@ -185,22 +188,24 @@ class Trainer:
         return {**self.config.to_dict(), "resolved": {
             "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
             "world_size": self.ctx.world_size, "num_workers": self._workers(),
-            "model_config": state.net.config.to_dict(),
+            "batch_per_process": self.config.process_batch(self.ctx.world_size),
+            "global_batch": self.config.global_batch(self.ctx.world_size), "model_config": state.net.config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
             "constraints": [x.to_dict() for x in state.constraints],
             "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}
 
     def _loader(self, dataset: Dataset, epoch: int, start_batch: int, iters_per_epoch: int) -> DataLoader:
         c, ctx = self.config, self.ctx
-        order = epoch_order(len(dataset), c.seed, epoch)[: iters_per_epoch * c.batch_size * ctx.world_size]
-        grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
+        batch = c.process_batch(ctx.world_size)
+        order = epoch_order(len(dataset), c.seed, epoch)[: iters_per_epoch * batch * ctx.world_size]
+        grid = order.reshape(iters_per_epoch, ctx.world_size, batch)
         positions = np.arange(order.size).reshape(grid.shape)
         indices = grid[start_batch:, ctx.rank].ravel()
         seeds = sample_seeds(c.seed, epoch, positions[start_batch:, ctx.rank].ravel())
         view = EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
         stage = self._data_wait.stage
-        return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=self._workers(),
+        return DataLoader(view, batch_size=batch, shuffle=False, num_workers=self._workers(),
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
                           persistent_workers=False, collate_fn=stage.collate if stage is not None else None)
 
@@ -246,6 +251,8 @@ class Trainer:
         train_set, holdout = without_holdout(data.train, self.config.holdout, self.config.seed)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
+        if self.ctx.is_main:
+            print(run_summary(self.config, self.ctx.world_size, plan.lr, state.constraints), flush=True)
         torch.manual_seed(rank_seed(self.config.seed, self.ctx.rank))
         if self.checkpoint is not None:
             state.load_state_dict(self.checkpoint, self.ctx.rank)
@@ -344,7 +351,7 @@ class Trainer:
         world = self.ctx.world_size
         rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
         if self.ctx.is_main:
-            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world,
+            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.global_batch(world),
                        "data_fingerprint": self.data_fingerprint}
             save_checkpoint(self.out, content, self.config.checkpoint.keep)
         self._last_save = time.monotonic()
