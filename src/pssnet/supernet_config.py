@@ -22,6 +22,12 @@ from .space import SearchSpace
 # Stored model_configs written before classifier dropout existed lack its key; it defaults to 0.
 # Those written before layout versions existed lack "layout_version": they are version 1.
 _OPTIONAL_KEYS = ("dropout", "layout_version")
+# Upper bounds, checked before anything is allocated: a file's model_config cannot ask for a
+# 10 GB resolution list or a classifier larger than any real data set needs.
+MAX_NUM_CLASSES = 100_000
+MAX_IN_CHANS = 64
+MAX_RESOLUTION = 2048
+MAX_WIDTH = 8.0
 
 
 class RetiredLayoutError(UserError):
@@ -62,12 +68,12 @@ class SupernetConfig:
         if resolutions is None:
             resolutions = info.small_resolutions if small_input else info.imagenet_resolutions
         checked = {
-            "num_classes": schema.integer(self.num_classes, "num_classes", low=1),
-            "in_chans": schema.integer(self.in_chans, "in_chans", low=1),
+            "num_classes": schema.integer(self.num_classes, "num_classes", 1, MAX_NUM_CLASSES),
+            "in_chans": schema.integer(self.in_chans, "in_chans", 1, MAX_IN_CHANS),
             "small_input": small_input,
-            "resolutions": tuple(schema.integer(v, f"resolutions[{i}]", low=1)
+            "resolutions": tuple(schema.integer(v, f"resolutions[{i}]", 1, MAX_RESOLUTION)
                                  for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3))),
-            "width_range": tuple(schema.number(v, f"width_range[{i}]", low=0.0, low_open=True)
+            "width_range": tuple(schema.number(v, f"width_range[{i}]", 0.0, MAX_WIDTH, low_open=True)
                                  for i, v in enumerate(schema.sequence(self.width_range, "width_range", 2))),
             "dropout": schema.number(self.dropout, "dropout", 0.0, 1.0, high_open=True),
         }
