@@ -47,12 +47,11 @@ def export_static(static: StaticSubnet, path: Union[str, os.PathLike], fmt: str,
     if fmt == "pt":
         save_atomic({"format": STATIC_FORMAT, **dict(meta), "state_dict": static.state_dict()}, path)
     elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
-            scripted = torch.jit.script(static)
         # Serialised in memory first: torch's C++ file writer aborts the process on a full disk.
         buffer = io.BytesIO()
-        torch.jit.save(scripted, buffer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely deployed
+            torch.jit.save(torch.jit.script(static), buffer)
         write_bytes_atomic(path, buffer.getvalue())
     elif fmt == "exported":
         buffer = io.BytesIO()
