@@ -80,7 +80,7 @@ def test_weight_shapes_are_compared_with_the_layout_before_the_model_is_built(go
     assert built == []
     bundle = copy.deepcopy(good)
     bundle["state_dict"]["features.0.body.0.conv.weight"] = torch.zeros(1, 1, 1, 1)
-    with pytest.raises(UserError, match=r"field 'state_dict\.features\.0\.body\.0\.conv\.weight' has shape \[1, 1, 1, 1\]"):
+    with pytest.raises(UserError, match=r"'state_dict\.features\.0\.body\.0\.conv\.weight' has shape \[1, 1, 1, 1\]"):
         AdaptiveNet.load(write(bundle, "pt", tmp_path))
     bundle["state_dict"] = dict(good["state_dict"], extra=torch.zeros(1))
     with pytest.raises(UserError, match="field 'state_dict.extra' is not a tensor of the model"):

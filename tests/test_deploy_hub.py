@@ -178,6 +178,8 @@ def test_from_pretrained_reads_a_local_folder_and_resolves_a_repo_id_through_sna
     with pytest.raises(UserError, match=r"'someone/x' is no local folder or file, and it could not be fetched .*"
                                         r"LocalEntryNotFoundError"):
         AdaptiveNet.from_pretrained("someone/x")
+    with pytest.raises(UserError, match=r"runs/typo/adaptive does not exist; give a folder or adaptive\.pt"):
+        AdaptiveNet.from_pretrained("runs/typo/adaptive")  # a path, never sent to the Hub
 
 
 def test_push_to_hub_uploads_the_saved_folder_in_one_commit(made, monkeypatch):

@@ -97,9 +97,13 @@ class AdaptiveNet(nn.Module):
                         device: torch.device | str = "cpu") -> "AdaptiveNet":
         """Load a Hub folder (or ``adaptive.pt``) from a local path, else a Hub repository id
         (``"user/repo"``), downloaded with ``huggingface_hub.snapshot_download`` (the ``hub`` extra)."""
-        if os.path.exists(pretrained_model_name_or_path):
-            return cls.load(pretrained_model_name_or_path, device)
-        folder = download_snapshot(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
+        name = str(pretrained_model_name_or_path)
+        if os.path.exists(name):
+            return cls.load(name, device)
+        if name.count("/") > 1 or name.startswith((".", "/", "~")) or name.endswith(".pt"):  # no repo id
+            raise UserError(f"{name} does not exist; give a folder or adaptive.pt written by pssnet eval, "
+                            "or a Hub repository id (user/name)")
+        folder = download_snapshot(name, revision=revision, cache_dir=cache_dir,
                                    force_download=force_download, token=token, local_files_only=local_files_only)
         return cls.load(folder, device)
 

@@ -176,7 +176,8 @@ def _expected_tensors(config: Mapping[str, Any]) -> Iterator[tuple[str, tuple[in
     if not isinstance(subnets, list) or not subnets:
         raise FieldError("field 'subnets' must be a list of the kept subnets, got "
                          + ("an empty one" if isinstance(subnets, list) else type(subnets).__name__))
-    bns = [(name[: -len(".running_mean")], shape) for name, shape in shapes.items() if name.endswith(".bn.running_mean")]
+    bns = [(name[: -len(".running_mean")], shape) for name, shape in shapes.items()
+           if name.endswith(".bn.running_mean")]
     return itertools.chain(((f"supernet.{name}", shape) for name, shape in shapes.items()),
                            ((f"subnets.{slot}.{bn}.{stored}", shape) for slot in range(len(subnets))
                             for bn, shape in bns for _, stored in _BN_PARTS))
