@@ -30,6 +30,14 @@ MAX_RESOLUTION = 2048
 MAX_WIDTH = 8.0
 
 
+def _at_most(value: Any, where: str, high: int) -> int:
+    """A positive integer no larger than ``high``."""
+    value = schema.integer(value, where, low=1)
+    if value > high:
+        raise FieldError(f"field '{where}' must be at most {high}, got {value}")
+    return value
+
+
 class RetiredLayoutError(UserError):
     """Weights trained for an earlier layout of an architecture (one line in the CLI). Not a
     FieldError: the file is sound, so loaders pass the message on instead of calling it damaged."""
@@ -68,10 +76,10 @@ class SupernetConfig:
         if resolutions is None:
             resolutions = info.small_resolutions if small_input else info.imagenet_resolutions
         checked = {
-            "num_classes": schema.integer(self.num_classes, "num_classes", 1, MAX_NUM_CLASSES),
-            "in_chans": schema.integer(self.in_chans, "in_chans", 1, MAX_IN_CHANS),
+            "num_classes": _at_most(self.num_classes, "num_classes", MAX_NUM_CLASSES),
+            "in_chans": _at_most(self.in_chans, "in_chans", MAX_IN_CHANS),
             "small_input": small_input,
-            "resolutions": tuple(schema.integer(v, f"resolutions[{i}]", 1, MAX_RESOLUTION)
+            "resolutions": tuple(_at_most(v, f"resolutions[{i}]", MAX_RESOLUTION)
                                  for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3))),
             "width_range": tuple(schema.number(v, f"width_range[{i}]", 0.0, MAX_WIDTH, low_open=True)
                                  for i, v in enumerate(schema.sequence(self.width_range, "width_range", 2))),

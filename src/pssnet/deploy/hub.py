@@ -96,8 +96,15 @@ def save_folder(bundle: Mapping[str, Any], directory: Union[str, os.PathLike],
         _write_bytes(directory / PLOT_NAME, plot_bytes)
     write_text_atomic(directory / CARD_NAME, model_card(config, plot=plot_bytes is not None))
     _write_bytes(directory / WEIGHTS_NAME, weights)
-    write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
+    write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1, default=_plain_number) + "\n")
     return directory
+
+
+def _plain_number(value: Any) -> Any:
+    """numpy scalars (from resource counts) as the Python numbers JSON writes."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
