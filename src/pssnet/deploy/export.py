@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import torch
@@ -18,6 +17,7 @@ from ..fileio import atomic_write, load_plain, make_dirs, save_atomic, write_tex
 from ..space import Subnet
 from ..supernet import StaticSubnet, Supernet, extract_subnet
 from ..supernet_config import SupernetConfig
+from .hub import write_bytes_atomic
 
 if TYPE_CHECKING:
     from .adaptive import AdaptiveNet
@@ -61,10 +61,6 @@ def export_static(static: StaticSubnet, path: Union[str, os.PathLike], fmt: str,
         _check_onnx_installed()
         program = _onnx_program(static, example)
         atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
-
-
-def write_bytes_atomic(path: Union[str, os.PathLike], data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _batch_dim() -> tuple[dict[int, Any]]:

@@ -93,9 +93,9 @@ def save_folder(bundle: Mapping[str, Any], directory: Union[str, os.PathLike],
     if plot_bytes is None:
         (directory / PLOT_NAME).unlink(missing_ok=True)  # a stale plot would not match this card
     else:
-        _write_bytes(directory / PLOT_NAME, plot_bytes)
+        write_bytes_atomic(directory / PLOT_NAME, plot_bytes)
     write_text_atomic(directory / CARD_NAME, model_card(config, plot=plot_bytes is not None))
-    _write_bytes(directory / WEIGHTS_NAME, weights)
+    write_bytes_atomic(directory / WEIGHTS_NAME, weights)
     write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1, default=_plain_number) + "\n")
     return directory
 
@@ -107,7 +107,8 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`pssnet.fileio.atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
