@@ -134,6 +134,7 @@ def test_torchscript_onto_a_full_disk_is_one_line_and_leaves_no_temporary_file(b
     assert os.listdir(out) == []
 
 
+@pytest.mark.slow
 def test_torchscript_onto_a_real_full_disk_exits_2_not_134(bundle, tmpfs):  # noqa: F811
     small = tmpfs("64k")
     key = AdaptiveNet.load(bundle).subnets[0].key

@@ -238,6 +238,7 @@ def test_a_folder_is_written_only_where_it_replaces_nothing_else(made, tmp_path,
     assert (clone / ".gitattributes").is_file() and len(load_folder(clone)["subnets"]) >= 2
 
 
+@pytest.mark.slow
 def test_without_the_hub_extra_folders_are_one_line_naming_it(made):
     from test_extras import _run_without
 
