@@ -180,11 +180,6 @@ def find_checkpoint(run_dir: str | os.PathLike, run_id: Optional[str]) -> Checkp
     return search
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The newest usable checkpoint of a run (see :func:`find_checkpoint`), or None."""
-    return find_checkpoint(run_dir, read_run_id(run_dir)).checkpoint
-
-
 def run_record(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> RunRecord:
     """The run record (``final.pt``'s contents) of a checkpoint's contents."""
     sampler, config = checkpoint.get("sampler") or {}, checkpoint.get("config") or {}
@@ -222,10 +217,10 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
                             "checkpoint, or evaluate the run it came from")
         return RunRecord.from_dict(content, f"'{final}'")
     search = find_checkpoint(run_dir, run_id)
+    if search.checkpoint is None:
+        _no_usable_checkpoint(run_dir, search.rejected)  # one line naming each file and why
     for rejected in search.rejected:  # the trainer sets them aside; a reader only passes them by
         print(f"note: skipped {rejected.path}: {rejected.reason}", file=sys.stderr, flush=True)
-    if search.checkpoint is None:
-        _no_usable_checkpoint(run_dir, search.rejected)
     return run_record(search.checkpoint, f"the newest checkpoint of {run_dir}")
 
 
