@@ -76,6 +76,7 @@ def test_every_run_file_records_the_run_id(two_runs):
         assert torch.load(path, weights_only=True)["run_id"] == run_id, path
 
 
+@pytest.mark.slow
 def test_a_foreign_or_misnamed_checkpoint_is_set_aside_and_the_run_resumes_its_own(two_runs, tmp_path):
     a, b = two_runs
     run = _copy(b, tmp_path)
@@ -99,6 +100,7 @@ def test_a_foreign_or_misnamed_checkpoint_is_set_aside_and_the_run_resumes_its_o
     assert load_run(run).iterations == 4  # continued from its own iteration 3, not the foreign 5
 
 
+@pytest.mark.slow
 def test_pssnet_eval_skips_a_foreign_checkpoint_and_refuses_a_foreign_final_pt(two_runs, tmp_path):
     a, b = two_runs
     run = _copy(b, tmp_path)
@@ -194,6 +196,7 @@ def _folder_train_args(data, out):
             "--checkpoint-iters", "100", "--log-every", "1", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_a_bad_image_mid_run_keeps_the_work_and_the_run_resumes_after_removing_it(tmp_path):
     data, run = _jpeg_folder(tmp_path / "data"), tmp_path / "run"
     bad, batch = _truncate_one_the_check_skips(data)
