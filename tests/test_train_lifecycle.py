@@ -72,7 +72,8 @@ def test_unreadable_newest_checkpoint_is_set_aside(tmp_path, capsys):
     (out / "final.pt").unlink()
     (out / "checkpoints" / "ckpt-000000009.pt").write_bytes(b"truncated")
     assert _resume(out, "--max-iters", "5") == 0
-    assert "set aside the unreadable checkpoint" in capsys.readouterr().err
+    assert "ckpt-000000009.pt: unreadable (truncated or not a pssnet checkpoint); renamed to " \
+           "ckpt-000000009.pt.damaged" in capsys.readouterr().err
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["ckpt-000000005.pt", "ckpt-000000009.pt.damaged"]  # keep=1 kept the new one
 

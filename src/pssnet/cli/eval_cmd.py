@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     command: EvalCommand = config_from_args(EvalCommand, args)
     constraints = [Constraint.parse(text) for text in command.constraints] or None
-    if command.out is not None:
-        output_dir(command.out, "--out")
+    # Checked before the evaluation, which takes minutes: its results are written at the end.
+    output_dir(command.out if command.out is not None else command.run_dir,
+               "--out" if command.out is not None else "RUN_DIR (the default --out)")
     _, paths = evaluate_run_dir(command.run_dir, command.evaluation, command.out, command.compare, command.data,
                                 bundle=command.bundle, constraints=constraints)
     print(paths["md"].read_text())
