@@ -425,3 +425,22 @@ def test_set_subnet_with_a_key_says_to_pass_a_subnet():
         net.set_subnet(key)
     assert isinstance(SubnetTypeError("x"), TypeError) and isinstance(SubnetTypeError("x"), UserError)
     assert net.active_subnet == net.space.largest()  # unchanged
+
+
+def test_a_lost_run_id_file_is_named_with_the_id_to_restore(tmp_path, capsys):
+    """Checkpoints that all record one run id in a directory without ``run-id`` lost that file:
+    the run is not set aside and started again; the message says how to restore it."""
+    from pssnet.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "mini-mbv2", "--max-iters", "2", "--batch-size", "8", "--threads", "1",
+            "--map-samples", "20000", "--no-progress", "--checkpoint-iters", "1", "--out", str(out)]
+    assert main(args) == 0
+    run_id = (out / "run-id").read_text().strip()
+    (out / "run-id").unlink()
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "3", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"echo {run_id} > {out / 'run-id'}" in error
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing set aside

@@ -145,6 +145,7 @@ class Rejected:
 
     path: pathlib.Path
     reason: str
+    run_id: Optional[str] = None  # the run id the file records, when it could be read
 
     @property
     def suffix(self) -> str:
@@ -176,7 +177,8 @@ def find_checkpoint(run_dir: str | os.PathLike, run_id: Optional[str]) -> Checkp
         if problem is None:
             search.checkpoint, search.path = content, path
             return search
-        search.rejected.append(Rejected(path, problem))
+        recorded = content.get("run_id")
+        search.rejected.append(Rejected(path, problem, recorded if isinstance(recorded, str) else None))
     return search
 
 

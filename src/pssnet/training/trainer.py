@@ -32,8 +32,8 @@ from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
 from ..supernet_config import SupernetConfig
-from .checkpoint import (capture_rng_state, find_checkpoint, list_checkpoints, new_run_id, read_run_id, run_record,
-                         save_checkpoint, write_run_id)
+from .checkpoint import (RUN_ID_NAME, CheckpointSearch, capture_rng_state, find_checkpoint, list_checkpoints,
+                         new_run_id, read_run_id, run_record, save_checkpoint, write_run_id)
 from .config import TrainConfig, run_summary
 from .interrupt import StopSignals, TrainingInterrupted
 from ..options import check_bounds
@@ -56,6 +56,20 @@ class _Schedule:
     total: int  # iterations of the whole run
     lr: float
     warmup: int  # warm-up iterations
+
+
+def _refuse_lost_run_id(out: pathlib.Path, run_id: Optional[str], search: CheckpointSearch) -> None:
+    """A run directory without ``run-id`` whose checkpoints all record one lost that file (an
+    older pssnet's run records no id at all): setting them aside and starting again would throw
+    the run away, so say how to restore it instead."""
+    if run_id is not None or search.checkpoint is not None or not search.rejected:
+        return
+    recorded = {rejected.run_id for rejected in search.rejected}
+    if len(recorded) == 1 and None not in recorded:  # all readable, all of one run
+        (found,) = recorded
+        raise UserError(f"{out} has no {RUN_ID_NAME} file, but its checkpoints record run id {found}: if they "
+                        f"are this run's, restore it with `echo {found} > {out / RUN_ID_NAME}` and resume; "
+                        "otherwise train into a new --out")
 
 
 class Trainer:
@@ -92,6 +106,7 @@ class Trainer:
                 self._note(f"note: removed {path}, left by an interrupted write")
         self.run_id = read_run_id(self.out)
         search = find_checkpoint(self.out, self.run_id)  # this run's own, holding the iteration it is named for
+        _refuse_lost_run_id(self.out, self.run_id, search)
         self.checkpoint = search.checkpoint
         if resume:
             saved = self.checkpoint["config"] if self.checkpoint is not None else saved_config(self.out)
