@@ -13,8 +13,12 @@ For each table it reports ``mape``, ``spearman``, ``within_10pct`` (fraction of 
 within +-10 %), ``bias_pct``, ``build_seconds`` and the table's own held-out end-to-end error. The
 noise ceiling is the machine's own agreement with itself: each subnet's samples split in two
 halves (alternate rounds), and the halves compared as a prediction would be
-(``split_half_spearman``, ``split_half_within_10pct``). ``--clock cpu`` times the thread's CPU time
-instead of wall time (for a machine shared with other load; one thread only).
+(``split_half_spearman``, ``split_half_within_10pct``). ``drift_pct``: a few of the table's own
+subnets, timed again with the evaluation subnets, against their timings while building: on a
+shared machine the pace changes between the two, and that shows as bias no table can predict
+(``*_drift_corrected``: secondary figures with the predictions scaled by it).
+``--clock cpu`` times the thread's CPU time instead of wall time (for a machine shared with other
+load; one thread only).
 
     python benchmarks/latency.py --json bench-latency.json
     python benchmarks/latency.py --arch resnet50 --json bench-latency-r50.json
@@ -89,6 +93,13 @@ def _evaluation_subnets(net, count: int, seed: int, exclude: set) -> list:
     return subnets
 
 
+def _drift(table: LatencyTable, samples: dict[str, np.ndarray]) -> float:
+    """How much slower (+) or faster (-) the machine ran the table's own re-timed subnets now than
+    while building (median ratio - 1): the share of the error that is the machine changing pace."""
+    ratios = [samples[t.subnet.key].min() / t.total_ms for t in table.timings if t.subnet.key in samples]
+    return float(np.median(ratios) - 1) if ratios else float("nan")
+
+
 def _time_end_to_end(net, subnets: list, settings: MeasureSettings) -> dict[str, np.ndarray]:
     """``[rounds, repeats]`` milliseconds of each subnet's plain forward pass."""
     calls = {}
@@ -122,9 +133,11 @@ def main() -> None:
 
     fitted_on = {t.subnet for table, _ in tables.values() for t in table.timings}
     subnets = _evaluation_subnets(net, args.subnets, args.seed, fitted_on)
-    samples = _time_end_to_end(net, subnets, MeasureSettings(device="cpu", threads=args.threads, batch=args.batch,
-                                                             warmup=1, repeats=args.repeats, rounds=args.e2e_rounds,
-                                                             clock=args.clock))
+    # A few of each table's own subnets are timed again alongside, to measure the machine's drift.
+    again = list(dict.fromkeys(t.subnet for table, _ in tables.values() for t in table.timings[::8][:6]))
+    samples = _time_end_to_end(net, subnets + again, MeasureSettings(device="cpu", threads=args.threads,
+                                                                     batch=args.batch, warmup=1, repeats=args.repeats,
+                                                                     rounds=args.e2e_rounds, clock=args.clock))
     measured = np.array([samples[s.key].min() for s in subnets])
     # Noise ceiling: alternate rounds against each other, compared as a prediction would be.
     halves = [np.array([samples[s.key][h::2].min() for s in subnets]) for h in (0, 1)]
@@ -142,7 +155,11 @@ def main() -> None:
         scores = agreement(predicted, measured)
         heldout = table.correction.heldout
         results.update({f"{k}_{method}": v for k, v in scores.items()})
-        results.update({f"build_seconds_{method}": seconds, f"entries_measured_{method}": len(table),
+        drift = _drift(table, samples)
+        # Secondary: the same predictions scaled by the measured drift (the machine's change of pace).
+        steady = agreement(predicted * (1 + drift), measured) if np.isfinite(drift) else {}
+        results.update({f"{k}_{method}_drift_corrected": v for k, v in steady.items() if k != "spearman"})
+        results.update({f"drift_pct_{method}": drift * 100, f"build_seconds_{method}": seconds, f"entries_measured_{method}": len(table),
                         f"space_entries_{method}": table.build.get("space_entries"),
                         f"subnets_timed_{method}": len(table.timings), f"correction_{method}": table.correction.form,
                         f"heldout_e2e_mape_{method}": heldout.get("mape"),
@@ -153,6 +170,9 @@ def main() -> None:
                  (f"spearman_{method}", f"{scores['spearman']:.3f}", ">= min(0.95, ceiling)"),
                  (f"mape_{method}", f"{scores['mape']:.2f} %", ""),
                  (f"bias_pct_{method}", f"{scores['bias_pct']:+.2f} %", "predicted vs measured"),
+                 (f"drift_pct_{method}", f"{drift * 100:+.2f} %", "its own subnets now vs while building"),
+                 (f"within_10pct_{method}_drift_corrected", f"{steady.get('within_10pct', float('nan')):.3f}",
+                  "secondary: predictions x (1 + drift)"),
                  (f"build_seconds_{method}", f"{seconds:.0f}", f"{len(table)} of {table.build.get('space_entries')} "
                                                                 f"entries measured, {len(table.timings)} subnets"),
                  (f"heldout_e2e_mape_{method}", f"{heldout.get('mape', float('nan')):.2f} %",

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .. import devices, timing
@@ -36,6 +37,7 @@ from .table import LatencyTable
 
 AUTO_FIT_ABOVE = 5_000  # distinct blocks above which a build fits by default
 CHUNK_SUBNETS = 16  # whole subnets timed together (interleaved) between saves
+PACE_REFERENCES = 2  # the first subnets timed, timed again with every later chunk (_Build._time_chunk)
 STALL_ROUNDS = 2  # adaptive rounds without improvement that end a fitted build
 MIN_GAIN = 0.02  # relative improvement of the held-out error that counts
 
@@ -151,11 +153,29 @@ class _Build:
             for start in range(0, len(pending), CHUNK_SUBNETS):
                 chunk = pending[start:start + CHUNK_SUBNETS]
                 bar.set_postfix_str(f"{len(self.table.timings)} timed{status()}")
-                samples = time_in_context(self.net, chunk, self.settings, on_round=bar.update)
-                self.table.timings += summarize_timings(samples, chunk, self.settings.statistic)
+                self._time_chunk(chunk, lambda _, n=len(chunk): bar.update(n))
                 self.save()
         finally:
             bar.close()
+
+    def _time_chunk(self, chunk: list[Subnet], on_round: Callable[[int], None]) -> None:
+        """Time ``chunk`` with the table's reference subnets, and add its timings at the pace of the first chunk.
+
+        The first subnets timed (the smallest and the largest) are timed again with every later
+        chunk; their ratio to their first timing is the machine's pace now (a shared machine runs
+        slower under load), and the chunk's timings are divided by it, so that chunks timed minutes
+        apart fit one model. On a quiet machine the pace stays at 1.
+        """
+        references = self.table.timings[:PACE_REFERENCES]
+        extra = [t.subnet for t in references if t.subnet not in chunk]
+        samples = time_in_context(self.net, chunk + extra, self.settings, on_round=on_round)
+        timings = summarize_timings(samples, chunk + extra, self.settings.statistic)
+        pace = 1.0
+        if extra:
+            ratios = [again.total_ms / first.total_ms for again, first in zip(timings[len(chunk):], references)]
+            pace = float(np.exp(np.mean(np.log(ratios))))
+            self.table.build.setdefault("pace", []).append(round(pace, 4))
+        self.table.timings += [t.scaled(1 / pace) for t in timings[:len(chunk)]]
 
 
 def _measure_entries(build: _Build, pending: list[BlockConfig], save_every: int,
@@ -210,7 +230,12 @@ def _stalled(rounds: Sequence[Mapping[str, Any]]) -> bool:
 def _build_fitted(build: _Build, plan: FitSettings) -> None:
     net, table = build.net, build.table
     budget = plan.budget_minutes * 60
-    status = lambda: f", {max(budget - build.seconds(), 0) / 60:.1f} min left"  # noqa: E731
+
+    def status() -> str:  # the progress bar's measured count is the bar's own
+        rounds = table.build.get("rounds") or [{}]
+        error = f", end-to-end error {rounds[-1]['e2e_mape']:.1f} %" if "e2e_mape" in rounds[-1] else ""
+        return f"{error}, {max(budget - build.seconds(), 0) / 60:.1f} min left"
+
     first = stratified_subnets(net.space, plan.first_sample or first_sample_size(net.space), plan.seed)
     build.time_subnets(first, status)
     table.build["first_sample"] = len(first)

@@ -7,7 +7,8 @@ latency in its real context, which the table's end-to-end correction is fitted t
 
 Protocol: eval mode, inference mode, batch of the settings, the input already at the subnet's
 resolution (the network's resize is a no-op; the image's resize belongs to preprocessing, whose
-source size is not a property of the subnet). Rounds interleave the subnets as
+source size is not a property of the subnet), the allocator in its steady state
+(:func:`pssnet.timing.steady_allocator`). Rounds interleave the subnets as
 :func:`pssnet.timing.time_calls` does.
 """
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from .. import schema
 from ..space import Subnet
 from ..supernet import StaticSubnet, Supernet, extract_subnet
-from ..timing import MeasureSettings
+from ..timing import MeasureSettings, steady_allocator
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class SubnetTiming:
 
     def to_dict(self) -> dict[str, Any]:
         return {"subnet": self.subnet.to_dict(), "parts_ms": list(self.parts_ms), "total_ms": self.total_ms}
+
+    def scaled(self, factor: float) -> "SubnetTiming":
+        """The same timing with every time multiplied by ``factor``."""
+        return SubnetTiming(self.subnet, tuple(round(v * factor, 6) for v in self.parts_ms),
+                            round(self.total_ms * factor, 6))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "SubnetTiming":
@@ -102,6 +108,7 @@ def time_in_context(net: Supernet, subnets: Sequence[Subnet], settings: MeasureS
     total) over ``settings.rounds`` interleaved rounds of ``warmup`` untimed and ``repeats`` timed
     forward passes each; the order of the subnets rotates from round to round."""
     clock = settings.timer()
+    steady_allocator()
     if settings.device == "cuda":
         split: Callable[[StaticSubnet, torch.Tensor], np.ndarray] = split_forward_cuda
     else:
