@@ -125,6 +125,7 @@ class MeasuredIndex:
 
 
 def family_of_part(part: Part) -> str:
+    """The family of a part's keys (:func:`~pssnet.latency.features.family_of`)."""
     return model_key(part).split("@")[0]
 
 
