@@ -247,8 +247,8 @@ def _build_fitted(build: _Build, plan: FitSettings) -> None:
         build.save()
         last = rounds[-1]
         build.say(f"{last['subnets']} subnets timed: held-out block error {last['block_mape']:.2f} %, "
-                  f"end to end {last['e2e_mape']:.2f} % ({last['e2e_within_10pct']:.0%} within +-10 %)"
-                  f"{status()}")
+                  f"end to end {last['e2e_mape']:.2f} % ({last['e2e_within_10pct']:.0%} within +-10 %), "
+                  f"{max(budget - build.seconds(), 0) / 60:.1f} min left")
         chunk_seconds = (rounds[-1]["seconds"] - rounds[-2]["seconds"]) if len(rounds) > 1 else 0.0
         if _stalled(rounds) or build.seconds() + chunk_seconds > budget:
             break
