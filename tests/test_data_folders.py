@@ -75,10 +75,18 @@ def test_large_images_get_the_imagenet_recipe(tmp_path, native, trained):
     assert bundle.image_size == trained
     assert f"{native} px images" in bundle.description and f"trained at {trained} px" in bundle.description
     assert "colour-jitter+lighting" in bundle.description and "small-input" not in bundle.description
+    # The workers' part: a uint8 crop and its augmentation parameters, a function of the seed.
     torch.manual_seed(3)
     x = bundle.train[0][0]
     torch.manual_seed(3)
-    assert x.shape == (3, trained, trained) and torch.equal(x, bundle.train[0][0])
+    again = bundle.train[0][0]
+    assert x.pixels.shape == (3, trained, trained) and x.pixels.dtype == torch.uint8
+    assert torch.equal(x.pixels, again.pixels) and torch.equal(x.params, again.params)
+    # The device's part finishes a batch of them as normalised float32.
+    images, labels = bundle.device_stage.collate([bundle.train[0], bundle.train[1]])
+    finished = bundle.device_stage(images)
+    assert finished.shape == (2, 3, trained, trained) and finished.dtype == torch.float32
+    assert labels.tolist() == [bundle.train.samples[0][1], bundle.train.samples[1][1]]
     assert bundle.test[0][0].shape == (3, trained, trained)
 
 

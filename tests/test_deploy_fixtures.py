@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 import pssnet
 from pssnet.constraints import Constraint, target_key
 from pssnet.resources import ResourceMeter
+from pssnet.run_record import RunRecord
 
 CONSTRAINT = Constraint("flops", 5.0, 11.0, 2.0)
 IMAGE_SIZE = 20
@@ -22,8 +23,8 @@ def tiny_supernet(num_classes: int = 4) -> pssnet.Supernet:
                                   resolutions=(12, 20, 4))
 
 
-def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: str | None = None) -> dict:
-    """A run dict as ``pssnet train`` writes it, with random pools and perturbed BN statistics."""
+def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: str | None = None) -> RunRecord:
+    """A run as ``pssnet train`` writes it, with random pools and perturbed BN statistics."""
     torch.manual_seed(seed)
     net = tiny_supernet(num_classes)
     with torch.no_grad():  # non-trivial affine BN parameters so that statistics matter
@@ -44,9 +45,10 @@ def tiny_run(sampler: str = "pss", seed: int = 0, num_classes: int = 4, data: st
                     pool.append({"subnet": s.to_dict(), "score": -rng.random()})
         for pool in pools["flops"].values():
             pool.sort(key=lambda e: -e["score"])
-    return {"format": "pssnet-run/1", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
-            "constraints": [CONSTRAINT.to_dict()], "pools": pools, "sampler": sampler, "data": data,
-            "luts": {}, "seed": seed, "iterations": 0}
+    return RunRecord.from_dict({
+        "format": "pssnet-run/1", "model_config": net.config.to_dict(), "state_dict": net.state_dict(),
+        "constraints": [CONSTRAINT.to_dict()], "pools": pools, "sampler": sampler, "data": data,
+        "image_size": None, "luts": {}, "seed": seed, "iterations": 0, "holdout": None})
 
 
 def tiny_data(n_train: int = 96, n_test: int = 40, seed: int = 0) -> types.SimpleNamespace:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from pssnet.data import split_train
 from pssnet.evaluation import Batches, EvalConfig, EvalResult, accuracy, evaluate_run, supernet_from_run
 from pssnet.errors import UserError
 from pssnet.report import pareto_csv, pareto_markdown, write_report
+from pssnet.run_record import Holdout
 from test_data import _write_idx
 from test_deploy_fixtures import CONSTRAINT, tiny_data, tiny_run
 
@@ -38,8 +41,8 @@ def test_pools_give_top_k_candidates_and_best_holdout_is_kept(evaluated):
     run, data, result, _ = evaluated
     assert result.budgets, "every pool should give a budget"
     for b in result.budgets:
-        pool = run["pools"]["flops"][repr(b.target)]
-        assert [c.subnet.to_dict() for c in b.candidates] == [e["subnet"] for e in pool[:3]]
+        pool = run.pools["flops"][repr(b.target)]
+        assert [c.subnet for c in b.candidates] == [subnet for subnet, _ in pool[:3]]
         accs = [c.holdout_acc for c in b.candidates]
         assert b.selected == int(np.argmax(accs))
         best = b.best
@@ -102,8 +105,7 @@ def test_bad_config_and_empty_runs_are_clear_errors():
         EvalConfig(select_on="validation")
     with pytest.raises(UserError, match="--top-k"):
         EvalConfig(top_k=0)
-    run = tiny_run()
-    run["constraints"] = []
+    run = dataclasses.replace(tiny_run(), constraints=())
     with pytest.raises(UserError, match="--constraint"):
         evaluate_run(run, tiny_data(), CONFIG)
 
@@ -122,7 +124,7 @@ def test_cli_eval_writes_report_and_bundle_and_compares(tmp_path, capsys):
 
     for name, sampler in (("pss", "pss"), ("uni", "uniform")):
         (tmp_path / name).mkdir()
-        torch.save(tiny_run(sampler, num_classes=10, data="fashion-mnist-mini"), tmp_path / name / "final.pt")
+        torch.save(tiny_run(sampler, num_classes=10, data="fashion-mnist-mini").to_dict(), tmp_path / name / "final.pt")
     common = ["--top-k", "2", "--calib-batches", "1", "--holdout", "32", "--batch-size", "100"]
     assert main(["eval", str(tmp_path / "uni"), *common, "--no-bundle"]) == 0
     assert (tmp_path / "uni" / "eval.json").is_file() and not (tmp_path / "uni" / "adaptive.pt").exists()
@@ -143,10 +145,10 @@ def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
     from pssnet.workflows.evaluate import _run_and_data
     from pssnet.fileio import save_atomic
 
-    save_atomic({"format": "pssnet-run/1", "data": "fashion-mnist-mini", "holdout": {"count": 600, "seed": 1}},
+    save_atomic({**tiny_run(data="fashion-mnist-mini").to_dict(), "holdout": {"count": 600, "seed": 1}},
                 tmp_path / "final.pt")
     run, data = _run_and_data(tmp_path, None)
-    assert run["holdout"] == {"count": 600, "seed": 1} and len(data.train) == 6000
+    assert run.holdout == Holdout(count=600, seed=1) and len(data.train) == 6000
     # Those indices name images of the mini set; on another data set they would mean other images.
     other = tmp_path / "mnist"
     other.mkdir()
@@ -154,11 +156,10 @@ def test_evaluating_on_another_data_set_ignores_the_recorded_holdout(tmp_path):
         _write_idx(other / f"{prefix}-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8), compress=False)
         _write_idx(other / f"{prefix}-labels-idx1-ubyte", np.arange(20) % 10, compress=False)
     run, data = _run_and_data(tmp_path, f"mnist:{other}")
-    assert run["holdout"] is None and len(data.train) == 20
+    assert run.holdout is None and len(data.train) == 20
 
 
 def test_compare_reuses_eval_json_only_with_the_same_settings(tmp_path, capsys):
-    import dataclasses
     import json
 
     from pssnet.evaluation import load_eval
@@ -166,7 +167,7 @@ def test_compare_reuses_eval_json_only_with_the_same_settings(tmp_path, capsys):
 
     for name, sampler in (("pss", "pss"), ("uni", "uniform")):
         (tmp_path / name).mkdir()
-        torch.save(tiny_run(sampler, num_classes=10, data="fashion-mnist-mini"), tmp_path / name / "final.pt")
+        torch.save(tiny_run(sampler, num_classes=10, data="fashion-mnist-mini").to_dict(), tmp_path / name / "final.pt")
     config = EvalConfig(top_k=2, calib_batches=1, holdout=32, batch_size=100, progress=False)
     evaluate_run_dir(tmp_path / "uni", config, bundle=False)
     saved_path = tmp_path / "uni" / "eval.json"

@@ -15,7 +15,6 @@ from pssnet.cli import main
 from pssnet.resources import ResourceMeter
 from pssnet.errors import UserError
 from pssnet.latency import LatencyTable, build_table
-from pssnet.space import Subnet
 from pssnet.timing import MeasureSettings
 
 pytestmark = pytest.mark.slow  # every test here takes several seconds
@@ -73,20 +72,22 @@ def test_multi_constraint_training_with_flops_and_cpu_latency(train_lut, tmp_pat
     from pssnet.training.checkpoint import load_run
 
     run = load_run(out)
-    assert {c["kind"] for c in run["constraints"]} == {"flops", "latency_cpu"}
-    assert run["luts"]["latency_cpu"] == table.to_dict()
-    assert run["iterations"] == 3
+    assert {c.kind for c in run.constraints} == {"flops", "latency_cpu"}
+    assert run.luts["latency_cpu"] == table.to_dict()
+    assert run.iterations == 3
     config = json.loads((out / "config.json").read_text())
     assert str(path) in json.dumps(config)
-    # The latency pools are keyed by the grid; every pooled subnet lies in its target's bucket.
-    assert len(run["pools"]["latency_cpu"]) == 5
+    # The latency pools are keyed by the grid's reachable targets (a one-repeat table measured on a busy
+    # machine can leave a gap in the predicted range); every pooled subnet lies in its target's bucket.
+    reachable = config["resolved"]["reachable_targets"]["latency_cpu"]
+    assert sorted(map(float, run.pools["latency_cpu"])) == pytest.approx(reachable) and len(reachable) >= 3
     meter = ResourceMeter(net.layout, {"latency_cpu": table})
     steps = {"flops": max(1, (flops_hi - flops_lo) // 4), "latency_cpu": lat_step}
     members = 0
-    for kind, pools in run["pools"].items():
+    for kind, pools in run.pools.items():
         for target, pool in pools.items():
-            for member in pool:
-                value = meter.measure(kind, Subnet.from_dict(member["subnet"]))
+            for subnet, _ in pool:
+                value = meter.measure(kind, subnet)
                 assert abs(value - float(target)) <= steps[kind] / 2 + 1e-3
                 members += 1
     assert members >= 1
@@ -111,7 +112,7 @@ def test_cpu_latency_presets_train_with_a_fitted_table(arch, preset, tmp_path):
     from pssnet.training.checkpoint import load_run
 
     run = load_run(out)
-    assert run["iterations"] == 2 and run["luts"]["latency_cpu"] == LatencyTable.load(lut).to_dict()
-    meter = ResourceMeter(net.layout, {"latency_cpu": LatencyTable.from_dict(run["luts"]["latency_cpu"])})
-    pooled = [Subnet.from_dict(m["subnet"]) for pool in run["pools"]["latency_cpu"].values() for m in pool]
+    assert run.iterations == 2 and run.luts["latency_cpu"] == LatencyTable.load(lut).to_dict()
+    meter = ResourceMeter(net.layout, {"latency_cpu": LatencyTable.from_dict(run.luts["latency_cpu"])})
+    pooled = [subnet for pool in run.pools["latency_cpu"].values() for subnet, _ in pool]
     assert pooled and all(np.isfinite(meter.measure("latency_cpu", s)) for s in pooled)

@@ -137,7 +137,7 @@ def test_trainer_starts_a_fresh_run_from_the_weights(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "init from" in printed and "adapted features.0.body.0.conv.weight" in printed
     assert "re-initialised classifier.1.weight: 10 classes here, 1000 in the weights" in printed
-    state = load_run(tmp_path / "run")["state_dict"]  # lr 0: the step left the weights as loaded
+    state = load_run(tmp_path / "run").state_dict  # lr 0: the step left the weights as loaded
     assert torch.equal(state["features.5.body.1.conv.weight"], reference.state_dict()["features.5.conv.1.0.weight"])
     assert torch.equal(state["features.0.body.0.conv.weight"],
                        reference.state_dict()["features.0.0.weight"].sum(1, keepdim=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pssnet
-from pssnet import ARCHITECTURES, canonicalize, count_flops, count_params, create_supernet, make_divisible
+from pssnet import ARCHITECTURES, Supernet, canonicalize, count_flops, count_params, create_supernet, make_divisible
 from pssnet.layout import canonical_widths
 from pssnet.space import Subnet
 
@@ -89,8 +89,8 @@ def test_vectorised_form_matches_and_layout_space_form(nets):
 def test_mobilenet_v2_collapses_many_multipliers(nets):
     # Stages of 16 and 24 channels are full width for every multiplier in [0.75, 1]: one value.
     net = nets["mobilenet_v2"]
-    table = canonical_widths(net.layout, net.space.width_grid(), np.tile(net.space.width_grid()[:, None], (1, 9)))
-    distinct = [len(np.unique(table[:, g])) for g in range(9)]
+    table = canonical_widths(net.layout, net.space.width_grid(), np.tile(net.space.width_grid()[:, None], (1, 8)))
+    distinct = [len(np.unique(table[:, g])) for g in range(8)]
     assert distinct == [len(c) for c in net.layout.channel_choices(net.space.width_grid())]
     assert distinct[1] == distinct[2] == 1
 
@@ -135,11 +135,11 @@ def test_trained_run_pools_hold_distinct_canonical_subnets(tmp_path, capsys):
     Trainer(config).run()
     printed = capsys.readouterr().out
     run = load_run(tmp_path / "run")
-    net = create_supernet(**run["model_config"])
-    entries = [Subnet.from_dict(e["subnet"]) for pool in run["pools"]["flops"].values() for e in pool]
+    net = Supernet(run.model_config)
+    entries = [subnet for pool in run.pools["flops"].values() for subnet, _ in pool]
     assert len(entries) >= 12
-    for pool in run["pools"]["flops"].values():
-        subnets = [Subnet.from_dict(e["subnet"]) for e in pool]
+    for pool in run.pools["flops"].values():
+        subnets = [subnet for subnet, _ in pool]
         assert all(canonicalize(net, s) == s for s in subnets)
         networks = {(s.resolution, net.layout.group_channels(s.widths)) for s in subnets}
         assert len(networks) == len(subnets)  # pairwise distinct networks

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from pssnet import count_flops, create_supernet
+from pssnet import Supernet, count_flops
 from pssnet.cli import main
-from pssnet.constraints import Constraint
-from pssnet.space import Subnet
+from pssnet.run_record import Holdout
 from pssnet.training import load_run
 
 # A tiny, fast set-up shared by the training tests: resolutions 16/24, three FLOPs targets.
@@ -36,35 +35,36 @@ def test_train_writes_run_dir_and_fills_pools(tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     assert len(list((out / "checkpoints").glob("ckpt-*.pt"))) == 1
 
-    run = torch.load(out / "final.pt", weights_only=True)
+    run = load_run(out)
     (out / "final.pt").rename(out / "moved.pt")
     from_checkpoint = load_run(out)  # without final.pt: the newest checkpoint's equivalent
     (out / "moved.pt").rename(out / "final.pt")
-    assert from_checkpoint.keys() == run.keys() and from_checkpoint["pools"] == run["pools"]
-    assert all(torch.equal(v, from_checkpoint["state_dict"][k]) for k, v in run["state_dict"].items())
-    assert run["format"] == "pssnet-run/1" and run["sampler"] == "pss" and run["iterations"] == 14
-    assert run["data"] == "fashion-mnist-mini" and run["seed"] == 1 and run["luts"] == {}
+    plain = {k: v for k, v in run.to_dict().items() if k != "state_dict"}
+    assert {k: v for k, v in from_checkpoint.to_dict().items() if k != "state_dict"} == plain
+    assert all(torch.equal(v, from_checkpoint.state_dict[k]) for k, v in run.state_dict.items())
+    assert run.sampler == "pss" and run.iterations == 14
+    assert run.data == "fashion-mnist-mini" and run.seed == 1 and run.luts == {}
     # A tenth of the 6,000 images is kept out of training for pssnet eval's selection.
-    assert run["holdout"] == {"count": 600, "seed": 1}
+    assert run.holdout == Holdout(count=600, seed=1)
     assert config["resolved"]["iterations_per_epoch"] == 5400 // 8
-    net = create_supernet(**run["model_config"])
-    net.load_state_dict(run["state_dict"])
-    c = Constraint.from_dict(run["constraints"][0])
-    assert set(run["pools"]["flops"]) == {"6.0", "10.0", "14.0"}
-    for key, entries in run["pools"]["flops"].items():
+    net = Supernet(run.model_config)
+    net.load_state_dict(run.state_dict)
+    c = run.constraints[0]
+    assert set(run.pools["flops"]) == {"6.0", "10.0", "14.0"}
+    for key, entries in run.pools["flops"].items():
         assert 1 <= len(entries) <= 2  # every pool filled, none over size
-        scores = [e["score"] for e in entries]
+        scores = [score for _, score in entries]
         assert scores == sorted(scores, reverse=True)
-        for e in entries:
-            assert c.bucket_of(count_flops(net, Subnet.from_dict(e["subnet"]))) == float(key)
-    assert sum(len(e) for e in run["pools"]["flops"].values()) >= 5
+        for subnet, _ in entries:
+            assert c.bucket_of(count_flops(net, subnet)) == float(key)
+    assert sum(len(e) for e in run.pools["flops"].values()) >= 5
 
 
 def test_uniform_sampler_and_user_errors(tmp_path, capsys):
     out = tmp_path / "uniform"
     assert main(_args(out, "--max-iters", "2", "--sampler", "uniform")) == 0
     run = load_run(out)
-    assert run["sampler"] == "uniform" and run["pools"] == {}
+    assert run.sampler == "uniform" and run.pools == {}
     assert main(_args(out, "--max-iters", "2")) == 2  # the directory already holds a run
     assert "--resume" in capsys.readouterr().err
     assert main(_args(tmp_path / "bad", "--constraint", "flops:1:2")) == 2

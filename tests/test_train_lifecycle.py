@@ -15,6 +15,7 @@ import torch
 
 from pssnet.cli import main
 from pssnet.errors import UserError
+from pssnet.training import load_run
 from pssnet.training import step as step_module
 from pssnet.training.interrupt import StopSignals
 from pssnet.training.run_dir import RunLock
@@ -52,7 +53,7 @@ def test_resume_without_a_complete_checkpoint_starts_from_scratch(tmp_path, caps
     err = capsys.readouterr().err
     assert "no complete checkpoint; starting the run from the beginning" in err and str(stray) in err
     assert not stray.exists()
-    assert torch.load(out / "final.pt", weights_only=True)["iterations"] == 2
+    assert load_run(out).iterations == 2
 
 
 def test_restart_without_a_complete_checkpoint_is_allowed(tmp_path, capsys):
@@ -110,7 +111,7 @@ def test_resume_refuses_changes_that_alter_training_and_reports_harmless_ones(tm
     assert _resume(out, "--max-iters", "3", "--keep-checkpoints", "2", "--log-every", "1") == 0
     err = capsys.readouterr().err
     assert "--max-iters 2 -> 3" in err and "--keep-checkpoints 3 -> 2" in err and "recomputed" in err
-    assert torch.load(out / "final.pt", weights_only=True)["iterations"] == 3
+    assert load_run(out).iterations == 3
 
 
 def test_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
@@ -156,6 +157,23 @@ def test_resume_with_another_world_size_says_how(tmp_path, capsys):
     assert "2 process(es) x batch 8" in err and "torchrun --nproc_per_node 2" in err and len(err.splitlines()) == 1
 
 
+def test_a_run_of_the_retired_9_width_mobilenet_v2_is_refused_by_resume_and_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--max-iters", "2") == 0
+    # As written before layout versions, when MobileNetV2's final conv was the 9th searchable width.
+    for path in [out / "final.pt", *(out / "checkpoints").glob("ckpt-*.pt")]:
+        saved = torch.load(path, weights_only=True)
+        del saved["model_config"]["layout_version"]
+        torch.save(saved, path)
+    capsys.readouterr()
+    assert _resume(out, "--max-iters", "3") == 2
+    assert main(["eval", str(out), "--top-k", "1", "--calib-batches", "1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert all("trained with the older 9-width MobileNetV2 space" in line and "train it again" in line
+               for line in errors)
+
+
 def _idx_copy_of_mini(root, change_a_label=False):
     """The shipped mini Fashion-MNIST as IDX files in ``root`` (a ``fashion-mnist:DIR`` data set)."""
     from pssnet.data.datasets import MINI_PATH
@@ -181,7 +199,7 @@ def test_resume_follows_moved_data_and_refuses_other_data(tmp_path, capsys):
     assert _resume(out, "--data", f"fashion-mnist:{moved}", "--max-iters", "3") == 0
     assert f"--data fashion-mnist:{first} -> fashion-mnist:{moved}" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["data"] == f"fashion-mnist:{moved}"
-    assert torch.load(out / "final.pt", weights_only=True)["data"] == f"fashion-mnist:{moved}"  # what eval reads
+    assert load_run(out).data == f"fashion-mnist:{moved}"  # what eval reads
 
     other = _idx_copy_of_mini(tmp_path / "c", change_a_label=True)
     for spec in (f"fashion-mnist:{other}", "fashion-mnist-mini"):  # one label differs; another copy
@@ -246,7 +264,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, sig, status
     iteration = torch.load(checkpoints[0], weights_only=True)["iteration"]
     assert f"after iteration {iteration} " in last and iteration >= 2
     assert _resume(out, "--max-iters", str(iteration + 1)) == 0
-    assert torch.load(out / "final.pt", weights_only=True)["iterations"] == iteration + 1
+    assert load_run(out).iterations == iteration + 1
 
 
 # A training process that SIGKILLs itself halfway through writing its first checkpoint: the
@@ -284,7 +302,7 @@ def test_kill_9_while_the_first_checkpoint_is_written_leaves_a_resumable_run(tmp
     assert resumed.returncode == 0, resumed.stderr
     assert "starting the run from the beginning" in resumed.stderr
     assert not list((out / "checkpoints").glob(".*.tmp"))
-    assert torch.load(out / "final.pt", weights_only=True)["iterations"] == 2
+    assert load_run(out).iterations == 2
 
 
 def test_a_second_writer_process_is_refused_naming_the_holder(tmp_path):

@@ -61,9 +61,10 @@ class Block(nn.Module):
 
 
 def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    # Bilinear with align_corners=True, as the reference resizes to the active resolution.
     if x.shape[-2] == resolution and x.shape[-1] == resolution:
         return x
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=True)
 
 
 class StaticSubnet(nn.Module):

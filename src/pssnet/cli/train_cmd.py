@@ -43,6 +43,8 @@ def build_config(args: argparse.Namespace):
     config = TrainConfig()
     needs_lut = apply_preset(config, args.preset) if args.preset else []
     apply_flags(config, args, flags_of(TrainConfig))
+    if ("batch_size",) in given_paths(args, flags_of(TrainConfig)):
+        config.batch_is_global = False  # an explicit --batch-size is per process, as torchvision's references
     if not args.resume:
         if args.preset and not config.data:
             raise UserError(f"preset {args.preset} needs --data (e.g. folder:/data/imagenet or cifar10:DIR)")

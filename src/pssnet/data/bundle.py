@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,7 +26,12 @@ class DataBundle:
     turn an image into an input as evaluation does (plain data, stored in bundles):
     ``{"in_chans", "image_size", "mean", "std", "class_names", "crop_ratio"}``, where a
     ``crop_ratio`` r means: resize the shorter side to ``image_size / r``, then centre-crop
-    (None: resize to ``image_size`` square)."""
+    (None: resize to ``image_size`` square).
+
+    ``device_stage`` (a :class:`~pssnet.data.device_stage.DeviceStage`) is set where the training
+    split's items are not ready-made: an ImageNet-style folder's ``train`` yields uint8 crops and
+    their augmentation parameters, which the stage collates and finishes on the training device.
+    None: every split yields ``(normalised float tensor, label)``."""
 
     name: str
     num_classes: int
@@ -37,6 +42,7 @@ class DataBundle:
     test: Dataset
     description: str = ""
     preprocessing: dict = field(default_factory=dict)
+    device_stage: Any = None
 
 
 def preprocessing_record(in_chans: int, image_size: int, mean, std, class_names,

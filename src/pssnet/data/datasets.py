@@ -1,7 +1,8 @@
 """Training and evaluation data: Fashion-MNIST/MNIST (IDX), CIFAR-10/100, image folders, shipped mini set.
 
 :func:`load_data` turns a data spec into a :class:`DataBundle` of three datasets whose items
-are ``(float tensor [C, H, W] normalised, int label)``.
+are ``(float tensor [C, H, W] normalised, int label)``, except the training split of an
+ImageNet-style folder, which the bundle's ``device_stage`` finishes batch by batch.
 """
 
 from __future__ import annotations

@@ -9,31 +9,20 @@ import pathlib
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import UserError
 from .bundle import DataBundle, preprocessing_record
-from .transforms import (EVAL_CROP_FRACTION, IMAGENET_MEAN_STD, imagenet_eval_transform, imagenet_train_transform,
-                         small_image_padding, small_image_transform)
+from .device_stage import DeviceStage
+from .folder_train import FolderTrainTransform
+from .image_files import CorruptImageError, describe_unreadable
+from .transforms import (EVAL_CROP_FRACTION, IMAGENET_MEAN_STD, imagenet_eval_transform, small_image_padding,
+                         small_image_transform)
 
 SIZE_SAMPLE = 64  # training images looked at to find the native size
 TEST_SAMPLE = 16  # evaluation images decoded up front
 SMALL_IMAGE_MAX = 64  # at or below: small-input supernet and CIFAR-style augmentation
 LARGE_IMAGE_DEFAULT = 224  # larger images are trained at min(native size, this)
-
-
-class CorruptImageError(UserError):
-    """An image file of a folder data set that cannot be read or decoded.
-
-    A DataLoader worker re-raises an exception as ``type(exc)(its traceback text)``; this class
-    keeps only the original one-line message from that text, so that the CLI still prints one line."""
-
-    def __init__(self, message: str) -> None:
-        prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
-        lines = message.strip().splitlines()
-        if len(lines) > 1 and lines[-1].startswith(prefix):
-            message = lines[-1][len(prefix):]
-        super().__init__(message)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -42,11 +31,12 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            reason = "unknown format or damaged header"
-        else:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise CorruptImageError(f"{path} is not a readable image ({reason}); remove or replace it") from None
+        raise CorruptImageError(describe_unreadable(path, exc)) from None
+
+
+def file_path(path: str) -> str:
+    """The ``loader`` of a training folder whose transform reads the file itself."""
+    return path
 
 
 def _image_folder(directory: pathlib.Path, transform: Callable):
@@ -86,12 +76,12 @@ def _describe(size: int, native: int, looked_at: int, overridden: bool) -> str:
 
 
 def _transforms(size: int) -> tuple[Callable, Callable]:
+    mean, std = IMAGENET_MEAN_STD
     if size <= SMALL_IMAGE_MAX:
-        mean, std = IMAGENET_MEAN_STD
         pad = small_image_padding(size)
         return (small_image_transform(size, mean, std, True, pad, fit=True),
                 small_image_transform(size, mean, std, False, pad, fit=True))
-    return imagenet_train_transform(size), imagenet_eval_transform(size)
+    return FolderTrainTransform(size), imagenet_eval_transform(size)
 
 
 def folder_bundle(root: pathlib.Path, image_size: Optional[int] = None) -> DataBundle:
@@ -117,8 +107,12 @@ def folder_bundle(root: pathlib.Path, image_size: Optional[int] = None) -> DataB
     train.transform, eval_tf = _transforms(size)
     train_eval = copy.copy(train)  # shares the scanned file list
     train_eval.transform = test.transform = eval_tf
+    stage = None
+    if isinstance(train.transform, FolderTrainTransform):  # ImageNet-style: the workers read, decode and crop
+        train.loader = file_path
+        stage = DeviceStage(train.transform, *IMAGENET_MEAN_STD)
     # Evaluation resizes the shorter side (to size, or size / 0.875 for ImageNet-style images) and crops.
     crop = 1.0 if size <= SMALL_IMAGE_MAX else EVAL_CROP_FRACTION
     return DataBundle("folder", len(train.classes), 3, size, train, train_eval, test,
                       _describe(size, native, looked_at, image_size is not None),
-                      preprocessing_record(3, size, *IMAGENET_MEAN_STD, train.classes, crop))
+                      preprocessing_record(3, size, *IMAGENET_MEAN_STD, train.classes, crop), stage)

@@ -50,7 +50,10 @@ def _to_normalised_float(mean: Sequence[float], std: Sequence[float]) -> list[Ca
 
 def imagenet_train_transform(size: int) -> v2.Compose:
     """The reference's ImageNet training augmentation: random resized crop (scale 0.25..1),
-    colour jitter 0.4/0.4/0.4, PCA lighting noise 0.1, horizontal flip; then normalisation."""
+    colour jitter 0.4/0.4/0.4, PCA lighting noise 0.1, horizontal flip; then normalisation.
+
+    This is the recipe per image, float32 out. Folder training splits the same recipe between
+    the data-loader workers and the training device (:mod:`.folder_train`, :mod:`.device_stage`)."""
     mean, std = IMAGENET_MEAN_STD
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
                        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),

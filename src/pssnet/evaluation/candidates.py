@@ -6,34 +6,32 @@ copies of one network never take several top-k slots.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..constraints import Constraint, target_key
 from ..layout import canonical_widths, canonicalize
 from ..resources import ResourceMeter
+from ..run_record import RunRecord
 from ..space import SearchSpace, Subnet, subnets_from_arrays
-from ..supernet_config import SupernetConfig
 
 
-def pool_candidates(run: Mapping[str, Any], constraints: Sequence[Constraint], top_k: int
+def pool_candidates(run: RunRecord, constraints: Sequence[Constraint], top_k: int
                     ) -> list[tuple[Constraint, float, list[tuple[Subnet, float]]]]:
     """(constraint, target, [(subnet, score), ...best first][:top_k]) of every non-empty pool.
 
     Subnets are canonical and distinct; of copies of one network (pools of runs made before
     canonical subnets) the best-scored one stands for it.
     """
-    pools = run.get("pools") or {}
-    config = SupernetConfig.from_dict(run["model_config"])
-    layout, space = config.layout(), config.space()
+    layout, space = run.model_config.layout(), run.model_config.space()
     out = []
     for c in constraints:
-        by_target = pools.get(c.kind, {})
+        by_target = run.pools.get(c.kind, {})
         for t in c.targets:
             best: dict[Subnet, float] = {}
-            for e in by_target.get(target_key(t), []):
-                best.setdefault(canonicalize(layout, Subnet.from_dict(e["subnet"]), space), float(e["score"]))
+            for subnet, score in by_target.get(target_key(t), ()):
+                best.setdefault(canonicalize(layout, subnet, space), score)
             if best:
                 out.append((c, t, list(best.items())[:top_k]))
     return out

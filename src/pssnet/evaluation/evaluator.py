@@ -27,8 +27,9 @@ from ..layout import canonicalize
 from ..errors import UserError
 from ..options import MAX_SEED, check_bounds, option
 from ..latency import LatencyTable
+from ..run_record import RunRecord
 from ..space import Subnet
-from ..supernet import Supernet, create_supernet
+from ..supernet import Supernet
 from .batches import CACHE_BYTES, Batches
 from .candidates import pool_candidates, search_candidates
 from .results import BudgetResult, Candidate, EvalResult
@@ -119,26 +120,26 @@ def meter_for(net: Supernet, luts: Mapping[str, Any] | None) -> ResourceMeter:
     return ResourceMeter(net.layout, tables)
 
 
-def supernet_from_run(run: Mapping[str, Any], device: torch.device) -> Supernet:
-    """The trained supernet of a run dict, on ``device``, in eval mode."""
-    net = create_supernet(**run["model_config"])
-    net.load_state_dict(run["state_dict"])
+def supernet_from_run(run: RunRecord, device: torch.device) -> Supernet:
+    """The trained supernet of a run, on ``device``, in eval mode."""
+    net = Supernet(run.model_config)
+    net.load_state_dict(run.state_dict)
     return net.to(device).eval()
 
 
-def evaluate_run(run: Mapping[str, Any], data, config: EvalConfig, name: str = "run",
+def evaluate_run(run: RunRecord, data, config: EvalConfig, name: str = "run",
                  constraints: Optional[Sequence[Constraint]] = None) -> tuple[EvalResult, SubnetEvaluator]:
-    """Evaluate a run dict (the ``final.pt`` contract) on ``data`` (a DataBundle-like object
+    """Evaluate a run (the ``final.pt`` contract) on ``data`` (a DataBundle-like object
     with ``train_eval`` and ``test`` datasets). Returns the result and the evaluator, whose
     ``stats`` hold the recalibrated BN statistics of every evaluated subnet.
 
     ``constraints`` (default: the run's) are the budgets; a run with pools must use its own."""
     device = resolve_device(config.device)
     net = supernet_from_run(run, device)
-    constraints = list(constraints or [Constraint.from_dict(c) for c in run.get("constraints", [])])
+    constraints = list(constraints or run.constraints)
     if not constraints:
         raise UserError("the run declares no constraints; pass --constraint TYPE:START:STOP:STEP to pssnet eval")
-    meter = meter_for(net, run.get("luts"))
+    meter = meter_for(net, run.luts)
     evaluator, holdout_count = _evaluator(net, run, data, config, device)
     budgets = _budgets(run, net, meter, constraints, config)
     extremes = {role: Candidate(s, meter.measure_all(s))
@@ -148,32 +149,29 @@ def evaluate_run(run: Mapping[str, Any], data, config: EvalConfig, name: str = "
     _measure_kept([b.best for b in budgets] + list(extremes.values()), evaluator, config, name)
 
     settings = {"top_k": config.top_k, "calib_batches": config.calib_batches, "batch_size": config.batch_size,
-                "holdout": holdout_count, "holdout_unseen": bool(run.get("holdout")), "test": len(data.test),
+                "holdout": holdout_count, "holdout_unseen": run.holdout is not None, "test": len(data.test),
                 "seed": config.seed,
-                "data": run.get("data"), "iterations": run.get("iterations"), "run_seed": run.get("seed"),
+                "data": run.data, "iterations": run.iterations, "run_seed": run.seed,
                 "config": config.selection_settings()}
-    result = EvalResult(name, str(run.get("sampler", "pss")), config.select_on, constraints, budgets, extremes,
-                        settings)
+    result = EvalResult(name, run.sampler, config.select_on, constraints, budgets, extremes, settings)
     return result, evaluator
 
 
-def _evaluator(net: Supernet, run: Mapping[str, Any], data, config: EvalConfig, device: torch.device
+def _evaluator(net: Supernet, run: RunRecord, data, config: EvalConfig, device: torch.device
                ) -> tuple[SubnetEvaluator, int]:
     """The evaluator on the run's calibration, held-out and test images, and the held-out count."""
-    # A run that kept images out of training names them as {"count", "seed"} of split_train.
-    kept_out = run.get("holdout") or {}
-    holdout_idx, calib_idx = split_train(len(data.train_eval), int(kept_out.get("count", config.holdout)),
-                                         config.calib_batches * config.batch_size,
-                                         int(kept_out.get("seed", config.seed)))
+    # A run that kept images out of training names them by split_train's count and seed.
+    count, seed = (config.holdout, config.seed) if run.holdout is None else (run.holdout.count, run.holdout.seed)
+    holdout_idx, calib_idx = split_train(len(data.train_eval), count, config.calib_batches * config.batch_size, seed)
     sets = [Batches(dataset, config.batch_size, cache_bytes=config.cache_bytes)
             for dataset in (Subset(data.train_eval, calib_idx), Subset(data.train_eval, holdout_idx), data.test)]
     return SubnetEvaluator(net, *sets, device=device), len(holdout_idx)
 
 
-def _budgets(run: Mapping[str, Any], net: Supernet, meter: ResourceMeter, constraints: Sequence[Constraint],
+def _budgets(run: RunRecord, net: Supernet, meter: ResourceMeter, constraints: Sequence[Constraint],
              config: EvalConfig) -> list[BudgetResult]:
     """The candidates of every budget that has any (none selected yet)."""
-    if run.get("pools"):
+    if run.pools:
         groups = pool_candidates(run, constraints, config.top_k)
     else:  # uniform run: search each budget with as many candidates as a pool contributes
         groups = search_candidates(net.space, meter, constraints, config.top_k, config.seed)

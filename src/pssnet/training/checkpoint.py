@@ -1,4 +1,5 @@
-"""Atomic checkpoints, RNG state capture, and the run-directory reader :func:`load_run`.
+"""Atomic checkpoints, RNG state capture, and the run-directory reader :func:`load_run`
+(a :class:`~pssnet.run_record.RunRecord`).
 
 Everything is saved as tensors and plain Python data, so that torch's weights-only loader reads
 it back (``weights_only=True``); nothing is pickled as objects.
@@ -18,8 +19,8 @@ import torch
 
 from ..errors import UserError
 from ..fileio import load_plain, save_atomic
+from ..run_record import RUN_FORMAT, RunRecord
 
-RUN_FORMAT = "pssnet-run/1"
 CHECKPOINT_FORMAT = "pssnet-checkpoint/1"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 _RERUN_HINT = "resume from an older checkpoint or train again"
@@ -87,32 +88,33 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def run_record(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The run dictionary (format ``pssnet-run/1``) from a checkpoint's contents."""
-    return {
+def run_record(checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> RunRecord:
+    """The run record (``final.pt``'s contents) of a checkpoint's contents."""
+    sampler, config = checkpoint.get("sampler") or {}, checkpoint.get("config") or {}
+    return RunRecord.from_dict({
         "format": RUN_FORMAT,
-        "model_config": checkpoint["model_config"],
-        "state_dict": checkpoint["state_dict"],
-        "constraints": checkpoint["constraints"],
-        "pools": checkpoint["sampler"]["pools"],
-        "sampler": checkpoint["sampler"]["name"],
-        "data": checkpoint["config"]["data"],
-        "image_size": checkpoint["config"].get("image_size"),
-        "luts": checkpoint["luts"],
-        "seed": checkpoint["config"]["seed"],
-        "iterations": checkpoint["iteration"],
+        "model_config": checkpoint.get("model_config"),
+        "state_dict": checkpoint.get("state_dict"),
+        "constraints": checkpoint.get("constraints"),
+        "pools": sampler.get("pools"),
+        "sampler": sampler.get("name"),
+        "data": config.get("data"),
+        "image_size": config.get("image_size"),
+        "luts": checkpoint.get("luts"),
+        "seed": config.get("seed"),
+        "iterations": checkpoint.get("iteration"),
         "holdout": checkpoint.get("holdout"),  # {"count", "seed"} of data.split_train, or None
-    }
+    }, source)
 
 
-def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+def load_run(run_dir: str | os.PathLike) -> RunRecord:
     """Read a finished (``final.pt``) or interrupted (newest checkpoint) training run."""
     run_dir = pathlib.Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out directory of pssnet train")
     final = run_dir / "final.pt"
     if final.is_file():
-        return load_plain(final, "pssnet run file", RUN_FORMAT, _RERUN_HINT)
+        return RunRecord.from_dict(load_plain(final, "pssnet run file", RUN_FORMAT, _RERUN_HINT), f"'{final}'")
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         damaged = list_checkpoints(run_dir)
@@ -122,4 +124,4 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
                             "damaged (truncated or not a pssnet checkpoint) and there is no final.pt; "
                             "train again into this directory or another --out")
         raise UserError(f"{run_dir} has neither final.pt nor checkpoints; is it a pssnet train --out directory?")
-    return run_record(checkpoint)
+    return run_record(checkpoint, f"the newest checkpoint of {run_dir}")

@@ -28,10 +28,16 @@ class EpochView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        # A private RNG stream per sample; the global generator is left untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seeds[i]))
+        # A private RNG stream per sample; the global generator is left untouched. Only the CPU
+        # generator, saved and restored by hand: torch.manual_seed would also (re)seed CUDA's and
+        # fork_rng looks for an accelerator, together 1 ms a sample.
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(int(self.seeds[i]))
+        try:
             return self.dataset[int(self.indices[i])]
+        finally:
+            generator.set_state(state)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:

@@ -173,7 +173,8 @@ def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pa
     recorded = checkpoint.get("world_size")
     if recorded is None or int(recorded) == world_size:
         return
-    batch = int(checkpoint["config"]["batch_size"])
+    saved = checkpoint["config"]  # a preset's batch_size is the global batch
+    batch = int(saved["batch_size"]) // (int(recorded) if saved.get("batch_is_global") else 1)
     how = resume_command(run_dir, recorded) + ("" if recorded > 1 else " (one process, without torchrun)")
     raise UserError(f"this run was trained with {recorded} process(es) x batch {batch}, not {world_size}; "
                     f"resume it with {how}")

@@ -7,7 +7,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -21,7 +21,7 @@ from .state import TrainState
 from .step import StepResult
 
 _SCALARS = ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "score", "lr", "images_per_s",
-            "pool_fill")
+            "pool_fill", "data_wait_fraction")
 
 
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -92,25 +92,30 @@ class RunLogger:
                 f.write(json.dumps(row) + "\n")
 
     def step(self, state: TrainState, epoch: int, result: StepResult, draw: Draw,
-             force: bool = False) -> Optional[dict[str, Any]]:
+             force: bool = False, data_wait: Optional[Callable[[], float]] = None) -> Optional[dict[str, Any]]:
         """Log the iteration ``state`` just finished when one is due (every ``--log-every``, or
-        ``force``); returns the row written, or None."""
+        ``force``); returns the row written, or None. ``data_wait``: seconds spent waiting for
+        data since its previous call, logged as ``data_wait_fraction`` of the interval."""
         iteration = state.iteration
         if not self.ctx.is_main or (iteration % self.config.log_every and not force):
             return None
         now = time.perf_counter()
-        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
-        speed = images / max(now - self.tick, 1e-9)
+        images = (iteration - self.tick_iteration) * self.config.global_batch(self.ctx.world_size)
+        elapsed = max(now - self.tick, 1e-9)
+        speed = images / elapsed
         self.tick, self.tick_iteration = now, iteration
         row = {"iteration": iteration, "epoch": epoch, "lr": state.optimizer.param_groups[0]["lr"],
                "loss_largest": result.loss_largest, "loss_sampled": result.loss_sampled,
                "loss_smallest": result.loss_smallest, "acc_largest": result.acc_largest, "score": result.score,
                "images_per_s": speed, "pool_fill": state.sampler.pool_fill(), "kind": draw.kind,
                "target": draw.target, "source": draw.source, "subnet": draw.subnet.key}
+        if data_wait is not None:
+            row["data_wait_fraction"] = min(1.0, data_wait() / elapsed)
         self.record(row)
         if self.writer is not None:
             for name in _SCALARS:
-                self.writer.add_scalar(f"train/{name}", row[name], iteration)
+                if name in row:
+                    self.writer.add_scalar(f"train/{name}", row[name], iteration)
         return row
 
     def epoch_end(self, iteration: int, epoch: int, sampler: SubnetSampler) -> None:

@@ -11,6 +11,7 @@ import math
 import pathlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Collection, Optional
 
@@ -23,13 +24,15 @@ from ..constraints import parse_constraints
 from ..latency import load_tables
 from ..resources import ResourceMeter
 from ..data import DataBundle, data_fingerprint, load_data
+from ..data.device_stage import default_workers, device_stage_for
 from ..errors import UserError
 from ..fileio import output_dir, save_atomic
 from ..pretrained import load_pretrained
 from ..sampling import Draw, SpaceMap, SubnetSampler, build_space_map, default_cache_dir, make_sampler
 from ..supernet import Supernet, create_supernet
+from ..supernet_config import SupernetConfig
 from .checkpoint import capture_rng_state, latest_checkpoint, list_checkpoints, run_record, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, run_summary
 from .interrupt import StopSignals, TrainingInterrupted
 from ..options import check_bounds
 from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, remove_stray_files, resume_command,
@@ -37,6 +40,7 @@ from .run_dir import (RunLock, check_data, check_world_size, remove_if_unused, r
 from .distributed import DistContext, digest, init_distributed
 from .state import TrainState, maps_from_state
 from .data_order import EpochView, epoch_order, rank_seed, sample_seeds, without_holdout
+from .data_wait import DataWait
 from .recipe import cosine_factor, weight_decay_groups
 from .run_log import ProgressBar, RunLogger
 from .step import SandwichStep, StepResult
@@ -67,6 +71,7 @@ class Trainer:
         self.data_fingerprint = ""  # of the data trained on; set when the data is loaded
         self._resume_changes: list[str] = []  # harmless changes a --resume asked for
         self._last_save = time.monotonic()
+        self._data_wait = DataWait(self.ctx.device)  # its stage is set once the data is loaded
 
     # -- set-up ---------------------------------------------------------------------------------
     def _note(self, message: str) -> None:
@@ -90,6 +95,7 @@ class Trainer:
             if self.checkpoint is None:
                 self._note(f"note: {self.out} has no complete checkpoint; starting the run from the beginning")
             else:
+                SupernetConfig.from_dict(self.checkpoint["model_config"])  # a retired layout: one line
                 check_world_size(self.checkpoint, self.ctx.world_size, self.out)
             # Reported once the data is known to be the run's (a moved --data is one of them).
             self.config, self._resume_changes = resume_config(saved, self.config, given)
@@ -134,12 +140,13 @@ class Trainer:
 
     def _schedule(self, num_train: int) -> _Schedule:
         c, world = self.config, self.ctx.world_size
-        iters_per_epoch = num_train // (c.batch_size * world)
+        batch = c.process_batch(world)
+        iters_per_epoch = num_train // (batch * world)
         if iters_per_epoch < 1:
             raise UserError(f"{num_train} training images are fewer than one batch of "
-                            f"{c.batch_size} x {world} processes; lower --batch-size")
+                            f"{batch} x {world} processes; lower --batch-size")
         total = iters_per_epoch * c.epochs if c.max_iters is None else min(c.max_iters, iters_per_epoch * c.epochs)
-        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * c.batch_size * world / 1024
+        lr = c.recipe.lr if c.recipe.lr is not None else c.recipe.lr_per_1024 * batch * world / 1024
         return _Schedule(iters_per_epoch, total, lr, int(round(c.recipe.warmup_epochs * iters_per_epoch)))
 
     def _build_state(self, data: DataBundle, holdout: Optional[dict[str, int]], plan: _Schedule) -> TrainState:
@@ -180,23 +187,31 @@ class Trainer:
         """config.json: the settings and what they resolved to."""
         return {**self.config.to_dict(), "resolved": {
             "lr": plan.lr, "iterations": plan.total, "iterations_per_epoch": plan.iters_per_epoch,
-            "world_size": self.ctx.world_size, "model_config": state.net.config.to_dict(),
+            "world_size": self.ctx.world_size, "num_workers": self._workers(),
+            "batch_per_process": self.config.process_batch(self.ctx.world_size),
+            "global_batch": self.config.global_batch(self.ctx.world_size), "model_config": state.net.config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
             "constraints": [x.to_dict() for x in state.constraints],
             "reachable_targets": {k: list(m.reachable_targets) for k, m in state.maps.items()}}}
 
     def _loader(self, dataset: Dataset, epoch: int, start_batch: int, iters_per_epoch: int) -> DataLoader:
         c, ctx = self.config, self.ctx
-        order = epoch_order(len(dataset), c.seed, epoch)[: iters_per_epoch * c.batch_size * ctx.world_size]
-        grid = order.reshape(iters_per_epoch, ctx.world_size, c.batch_size)
+        batch = c.process_batch(ctx.world_size)
+        order = epoch_order(len(dataset), c.seed, epoch)[: iters_per_epoch * batch * ctx.world_size]
+        grid = order.reshape(iters_per_epoch, ctx.world_size, batch)
         positions = np.arange(order.size).reshape(grid.shape)
         indices = grid[start_batch:, ctx.rank].ravel()
         seeds = sample_seeds(c.seed, epoch, positions[start_batch:, ctx.rank].ravel())
         view = EpochView(dataset, indices, seeds)
         generator = torch.Generator().manual_seed(c.seed * 7919 + epoch)  # keeps the global RNG untouched
-        return DataLoader(view, batch_size=c.batch_size, shuffle=False, num_workers=c.num_workers,
+        stage = self._data_wait.stage
+        return DataLoader(view, batch_size=batch, shuffle=False, num_workers=self._workers(),
                           pin_memory=ctx.device.type == "cuda", drop_last=True, generator=generator,
-                          persistent_workers=False)
+                          persistent_workers=False, collate_fn=stage.collate if stage is not None else None)
+
+    def _workers(self) -> int:
+        c = self.config
+        return c.num_workers if c.num_workers is not None else default_workers(self.ctx.device)
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self, resume: bool = False, given: Optional[Collection[tuple[str, ...]]] = None) -> pathlib.Path:
@@ -231,9 +246,13 @@ class Trainer:
             self._note(f"resume: {', '.join(self._resume_changes)}")
         if self.ctx.is_main and data.description:
             print(f"data: {data.description}")
+        self._data_wait.stage = device_stage_for(data.device_stage, data.name, self.ctx.device,
+                                                 self.config.decode_on_device)
         train_set, holdout = without_holdout(data.train, self.config.holdout, self.config.seed)
         plan = self._schedule(len(train_set))
         state = self._build_state(data, holdout, plan)
+        if self.ctx.is_main:
+            print(run_summary(self.config, self.ctx.world_size, plan.lr, state.constraints), flush=True)
         torch.manual_seed(rank_seed(self.config.seed, self.ctx.rank))
         if self.checkpoint is not None:
             state.load_state_dict(self.checkpoint, self.ctx.rank)
@@ -254,7 +273,7 @@ class Trainer:
 
         self._check_ranks(state.sampler, state.sequence.hex(), logger)
         if self.ctx.is_main:
-            save_atomic(run_record(state.state_dict()), self.out / "final.pt")
+            save_atomic(run_record(state.state_dict()).to_dict(), self.out / "final.pt")
             logger.close(state.iteration)
         return self.out
 
@@ -267,11 +286,12 @@ class Trainer:
         batches = min(plan.iters_per_epoch - start_batch, plan.total - state.iteration)
         bar = ProgressBar(c.progress and self.ctx.is_main, f"epoch {epoch + 1}/{c.epochs}", start_batch,
                           start_batch + batches)
-        for images, labels in loader:
+        for images, labels in self._data_wait.batches(loader):
             draw, result = self._train_iteration(state, step, images, labels, plan.total)
             epoch_end = state.iteration % plan.iters_per_epoch == 0
             last = state.iteration == plan.total
-            bar.advance(result.acc_largest, logger.step(state, epoch, result, draw, force=epoch_end or last))
+            bar.advance(result.acc_largest, logger.step(state, epoch, result, draw, force=epoch_end or last,
+                                                        data_wait=self._data_wait.take))
             self._sync_point(state, epoch_end or last, signals)
             batches -= 1
             if batches == 0:
@@ -291,7 +311,12 @@ class Trainer:
         result = step(images, labels, draw.subnet)
         self._check_finite(result, state.iteration + 1)
         state.sampler.update(draw, result.score)
-        state.scheduler.step()
+        with warnings.catch_warnings():
+            # With AMP the gradient scaler skips the optimizer step of an iteration whose gradients
+            # overflowed (the first few, while it finds its scale); the schedule still advances one
+            # iteration, as intended, and torch's warning about that would only alarm the user.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            state.scheduler.step()
         state.advance(draw.subnet)
         return draw, result
 
@@ -326,7 +351,7 @@ class Trainer:
         world = self.ctx.world_size
         rngs = self.ctx.gather(capture_rng_state()) if self.ctx.enabled else None
         if self.ctx.is_main:
-            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.batch_size * world,
+            content = {**state.state_dict(rngs), "world_size": world, "global_batch": self.config.global_batch(world),
                        "data_fingerprint": self.data_fingerprint}
             save_checkpoint(self.out, content, self.config.checkpoint.keep)
         self._last_save = time.monotonic()
