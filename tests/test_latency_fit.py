@@ -289,7 +289,7 @@ def test_v2_round_trip_keeps_models_correction_and_timings(synthetic_fit, tmp_pa
 @pytest.mark.parametrize("change, field", [
     (lambda d: d["models"][next(iter(d["models"]))].update(form="tree"), "form' must be one of"),
     (lambda d: d["models"][next(iter(d["models"]))].update(coef=[1.0]), "coef' must have"),
-    (lambda d: d["correction"].update(scale=-1), "correction.scale' must be >= 0"),
+    (lambda d: d["correction"].update(scale=-1), "correction.scale' must be >= 0.5"),
     (lambda d: d.update(method="guessed"), "'method' must be one of"),
     (lambda d: d["subnets"][0].update(total_ms=0), r"subnets\[0\].total_ms' must be > 0"),
 ])

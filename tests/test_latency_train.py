@@ -55,11 +55,16 @@ def test_multi_constraint_training_with_flops_and_cpu_latency(train_lut, tmp_pat
     table = LatencyTable.load(path)
     small, large = net.space.smallest(), net.space.largest()
     # The range comes from sampled predictions, not the two extremes: a one-repeat table is noisy enough
-    # that the smallest subnet can be predicted slower than the largest.
+    # that the smallest subnet can be predicted slower than the largest. No prediction is negative
+    # (the correction's overhead is never fitted below 0; a busy machine once gave `latency_cpu:-4.779:...`).
     res, widths = net.space.sample_arrays(5000, np.random.default_rng(0))
     predicted = table.predict_arrays(net.layout, res, widths)
-    lat_lo, lat_hi = float(np.quantile(predicted, 0.05)), float(np.quantile(predicted, 0.95))
-    lat_step = round((lat_hi - lat_lo) / 4, 3)
+    assert table.overhead_ms >= 0 and (predicted > 0).all()
+    # The grid on the 0.001 ms grid the flag is written in, inside the 5 %..95 % range of the predictions:
+    # the start rounded up, the step rounded down, so that every target is a valid, predicted latency.
+    lat_lo = math.ceil(float(np.quantile(predicted, 0.05)) * 1000) / 1000
+    lat_step = math.floor((float(np.quantile(predicted, 0.95)) - lat_lo) / 4 * 1000) / 1000
+    assert lat_lo > 0 and lat_step >= 0.001, f"the predictions span too little: {lat_lo} ms + 4 x {lat_step}"
     flops_lo, flops_hi = math.floor(count_flops(net, small)), math.ceil(count_flops(net, large))
     out = tmp_path / "run"
     argv = ["train", "--arch", "mobilenet_v2", "--data", "fashion-mnist-mini", "--resolutions", "28:28:4",

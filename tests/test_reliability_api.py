@@ -235,7 +235,7 @@ def test_a_bundle_of_the_retired_9_width_mobilenet_v2_says_so(good_bundle, tmp_p
 def valid_table() -> dict:
     return {"format": LUT_FORMAT, "device": {"type": "cpu"}, "arch": "mobilenet_v2", "small_input": True,
             "num_classes": 4, "in_chans": 1, "resolutions": [12, 20, 4], "width_range": [0.75, 1.0],
-            "batch": 1, "settings": {}, "complete": True, "overhead_ms": -0.01, "entries": {"conv|a": 0.5}}
+            "batch": 1, "settings": {}, "complete": True, "overhead_ms": 0.01, "entries": {"conv|a": 0.5}}
 
 
 TABLE_FAULTS = [
@@ -256,7 +256,7 @@ def test_a_valid_table_loads(tmp_path):
     path = tmp_path / "lut.json"
     path.write_text(json.dumps(valid_table()))
     table = LatencyTable.load(path)
-    assert table.entries == {"conv|a": 0.5} and table.overhead_ms == -0.01
+    assert table.entries == {"conv|a": 0.5} and table.overhead_ms == 0.01
 
 
 @pytest.mark.parametrize("key, value, field", TABLE_FAULTS, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(TABLE_FAULTS)])

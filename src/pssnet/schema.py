@@ -64,7 +64,10 @@ def number(value: Any, where: str, low: Optional[float] = None, high: Optional[f
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise FieldError(f"field '{where}' must be a number, got {_show(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits (JSON reads them exactly)
+        value = math.inf
     if not math.isfinite(value):
         raise FieldError(f"field '{where}' must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
@@ -85,9 +88,9 @@ def integer(value: Any, where: str, low: Optional[int] = None, high: Optional[in
         raise FieldError(f"field '{where}' must be an integer, got {_show(value)}")
     value = int(value)
     if low == 1 and high is None and value < 1:
-        raise FieldError(f"field '{where}' must be a positive integer, got {value}")
+        raise FieldError(f"field '{where}' must be a positive integer, got {_show(value)}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise FieldError(f"field '{where}' must be {_interval(low, high, False, False)}, got {value}")
+        raise FieldError(f"field '{where}' must be {_interval(low, high, False, False)}, got {_show(value)}")
     return value
 
 

@@ -126,10 +126,11 @@ def run_show(args: argparse.Namespace) -> int:
           f"in_chans={cfg.get('in_chans')} resolutions={cfg.get('resolutions')} widths={cfg.get('width_range')}")
     print(f"settings: {table.settings}" + (f"; built in {table.build['seconds']:.0f} s" if "seconds" in table.build else ""))
     print(_correction_line(table))
-    kinds = collections.Counter(key.split("|", 1)[0] for key in table.entries)
-    for kind, n in sorted(kinds.items()):
-        values = [v for k, v in table.entries.items() if k.startswith(kind + "|")]
-        print(f"  {kind:<18} {n:>6} measured  {min(values):8.3f} .. {max(values):8.3f} ms")
+    kinds: dict[str, list[float]] = collections.defaultdict(list)
+    for key, value in table.entries.items():
+        kinds[key.split("|", 1)[0]].append(value)
+    for kind, values in sorted(kinds.items()):
+        print(f"  {kind:<18} {len(values):>6} measured  {min(values):8.3f} .. {max(values):8.3f} ms")
     if table.models:
         print("block models (the rest is predicted; held-out error over whole subnets):")
         for key, model in sorted(table.models.items()):

@@ -116,7 +116,8 @@ class SubnetEvaluator:
 
 def meter_for(net: Supernet, luts: Mapping[str, Any] | None) -> ResourceMeter:
     """A resource meter with the latency tables embedded in a run or bundle."""
-    tables = {kind: LatencyTable.from_dict(data) for kind, data in (luts or {}).items()}
+    # As the run trained with them (older builds wrote negative overheads, refused in new --lut files).
+    tables = {kind: LatencyTable.from_dict(data, allow_negative_overhead=True) for kind, data in (luts or {}).items()}
     return ResourceMeter(net.layout, tables)
 
 

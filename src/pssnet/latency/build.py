@@ -107,7 +107,7 @@ def _start_table(net: Supernet, settings: MeasureSettings, path: str | os.PathLi
     """The partial table at ``path`` to resume, else an empty one; one measured otherwise is a UserError."""
     config = net.config.to_dict()
     if path is not None and not force and pathlib.Path(path).exists():
-        old = LatencyTable.load(path)
+        old = LatencyTable.load(path, allow_negative_overhead=True)  # refitted at the end of the build
         reason = _compatible(old, config, settings, method)
         if reason:
             raise UserError(f"{path} exists but cannot be resumed ({reason}): pass --force to rebuild it "

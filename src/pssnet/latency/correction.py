@@ -10,7 +10,11 @@ subnets) fit a correction that stays a sum over blocks, so predictions stay vect
 - ``scale``: overhead and scale;
 - ``memory``: also a price per MB of weights and of activations (what a cold cache refills).
 
-The form with the lowest held-out end-to-end error (leave one subnet out) is kept.
+The form with the lowest held-out end-to-end error (leave one subnet out) is kept. The overhead
+is time a whole network pays on top of its blocks, so it is never negative: blocks that
+overcount (each timed alone, with its own call overhead, on a busy machine) are absorbed by a
+scale below 1 instead. With every block value, scale and price non-negative, no subnet is then
+predicted a negative latency (:class:`~pssnet.latency.LatencyTable` refuses a table that could).
 """
 
 from __future__ import annotations
@@ -63,34 +67,38 @@ class Correction:
             values = schema.mapping(data.get(name, {}), f"{where}.{name}")
             return {str(k): schema.number(v, f"{where}.{name}[{k!r}]") for k, v in values.items()}
 
-        return cls(form, schema.number(schema.require(data, "scale", where), f"{where}.scale", low=0.0),
+        heldout = numbers("heldout")
+        for key in ("mape", "within_10pct") if heldout else ():  # what lut show prints
+            schema.require(heldout, key, f"{where}.heldout")
+
+        # A scale near 0 would predict one latency for every subnet; the fit never writes one.
+        return cls(form, schema.number(schema.require(data, "scale", where), f"{where}.scale", low=MIN_SCALE),
                    schema.number(data.get("weight_ms_per_mb", 0.0), f"{where}.weight_ms_per_mb", low=0.0),
                    schema.number(data.get("act_ms_per_mb", 0.0), f"{where}.act_ms_per_mb", low=0.0),
                    schema.integer(data.get("subnets", 0), f"{where}.subnets", low=0),
-                   numbers("heldout"), numbers("candidates"))
+                   heldout, numbers("candidates"))
 
 
 def _design(form: str, sums: np.ndarray, weight_mb: np.ndarray, act_mb: np.ndarray) -> np.ndarray:
-    # The constant enters twice with opposite signs: non-negative least squares leaves it free.
+    # Non-negative least squares keeps every coefficient, the constant included, >= 0.
     one = np.ones_like(sums)
-    columns = {"offset": [one, -one], "scale": [one, -one, sums], "memory": [one, -one, sums, weight_mb, act_mb]}
+    columns = {"offset": [one], "scale": [one, sums], "memory": [one, sums, weight_mb, act_mb]}
     return np.stack(columns[form], axis=1)
 
 
 def _solve(form: str, x: np.ndarray, sums: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """Coefficients (constant+, constant-, scale, per weight MB, per activation MB)."""
+    """Coefficients (constant, scale, per weight MB, per activation MB), each >= 0."""
     if form == "offset":  # the median gap: robust to a few disturbed subnets
-        gap = float(np.median(totals - sums))
-        return np.array([max(gap, 0.0), max(-gap, 0.0), 1.0, 0.0, 0.0])
+        return np.array([max(float(np.median(totals - sums)), 0.0), 1.0, 0.0, 0.0])
     # Relative error; the scale is MIN_SCALE plus a non-negative part.
     coef = nnls(x / totals[:, None], 1 - MIN_SCALE * sums / totals)
-    coef[2] += MIN_SCALE
-    return np.concatenate([coef, np.zeros(5 - len(coef))])
+    coef[1] += MIN_SCALE
+    return np.concatenate([coef, np.zeros(4 - len(coef))])
 
 
 def _predict(form: str, coef: np.ndarray, x: np.ndarray, sums: np.ndarray) -> np.ndarray:
     if form == "offset":
-        return sums + coef[0] - coef[1]
+        return sums + coef[0]
     return x @ coef[:x.shape[1]]
 
 
@@ -118,13 +126,13 @@ def fit_correction(sums: np.ndarray, weight_mb: np.ndarray, act_mb: np.ndarray,
     subnet: ``sums`` of block values, MB of weights and activations, measured end-to-end ``totals``."""
     sums, weight_mb, act_mb, totals = (np.asarray(a, dtype=np.float64) for a in (sums, weight_mb, act_mb, totals))
     if len(totals) < _MIN_SUBNETS["offset"]:
-        return float(np.median(totals - sums)) if len(totals) else 0.0, Correction(subnets=len(totals))
+        return max(float(np.median(totals - sums)), 0.0) if len(totals) else 0.0, Correction(subnets=len(totals))
     heldout = {form: _leave_one_out(form, sums, weight_mb, act_mb, totals)
                for form in FORMS if len(totals) >= _MIN_SUBNETS[form]}
     mape = {form: errors_of(p, totals)["mape"] for form, p in heldout.items()}
     best = min(mape, key=lambda f: (round(mape[f], 2), FORMS.index(f)))  # a simpler form on a near tie
     x = _design(best, sums, weight_mb, act_mb)
     coef = _solve(best, x, sums, totals)
-    correction = Correction(best, float(coef[2]), float(coef[3]), float(coef[4]), len(totals),
+    correction = Correction(best, float(coef[1]), float(coef[2]), float(coef[3]), len(totals),
                             errors_of(heldout[best], totals), {f: round(m, 3) for f, m in mape.items()})
-    return float(coef[0] - coef[1]), correction
+    return float(coef[0]), correction

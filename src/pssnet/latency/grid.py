@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..layout import Layout
+from ..schema import FieldError
 from .features import Number, family_of, part_features
 from .keys import CLASSIFIER, Part, layout_parts
 
@@ -105,7 +106,10 @@ class MeasuredIndex:
     def __init__(self, entries: Mapping[str, float]) -> None:
         by_family: dict[str, list[tuple[int, float]]] = {}
         for key, value in entries.items():
-            family, code = key_code(key)
+            try:
+                family, code = key_code(key)
+            except ValueError as exc:  # a size of 65,536 or more, a number past Python's digit limit
+                raise FieldError(f"field 'entries[{key[:60]!r}]' is not a block's key ({exc})") from None
             by_family.setdefault(family, []).append((code, value))
         self._index = {}
         for family, pairs in by_family.items():

@@ -11,6 +11,12 @@ and the measurement settings. ``pssnet-lut/2`` adds the build method (``exhausti
 entry measured alone; ``fitted``: entries measured inside whole subnets, block models for the
 rest), the block models, the correction and the whole-subnet timings it was fitted on.
 ``pssnet-lut/1`` files are read as before: entries plus overhead.
+
+Every table read is checked before use (:meth:`LatencyTable.from_dict`): the file's size is
+bounded before it is read, its nesting depth before its fields are, its space by the bounds of
+a bundle's ``model_config`` (:class:`~pssnet.supernet_config.SupernetConfig`), and every term of
+a prediction is non-negative, so no subnet is predicted a negative latency. A run checks that
+its tables cover its search space (:func:`load_tables`) before it starts.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -29,6 +35,7 @@ from ..layout import Layout
 from ..resources import LATENCY_DEVICES, latency_kind_for
 from ..schema import FieldError
 from ..space import Subnet
+from ..supernet_config import SupernetConfig
 from .context import SubnetTiming
 from .correction import Correction
 from .features import part_features
@@ -40,6 +47,12 @@ FORMAT = "pssnet-lut/2"
 FORMAT_V1 = "pssnet-lut/1"
 METHODS = ("exhaustive", "fitted")
 MB = 1e6
+# The largest file read as a table. Real ones are far smaller: a fitted ResNet-50 table (86 whole
+# subnets) is 0.11 MB, an exhaustive one of its whole ImageNet space (340,144 entries, half a
+# day of measuring) 35 MB. A multi-GB file is refused before it is read.
+MAX_TABLE_BYTES = 128 << 20
+# Nesting depth of a table's JSON: real ones reach 5 (subnets -> timing -> subnet -> widths).
+MAX_DEPTH = 16
 
 
 class LatencyTable:
@@ -91,7 +104,11 @@ class LatencyTable:
     def _measured_index(self) -> MeasuredIndex:
         stamp = (id(self.entries), len(self.entries))  # builds add entries or replace the dict
         if self._index is None or self._index[0] != stamp:
-            self._index = (stamp, MeasuredIndex(self.entries))
+            try:
+                self._index = (stamp, MeasuredIndex(self.entries))
+            except FieldError as exc:  # keys are parsed here, at first use, not on every read
+                raise UserError(f"{self.source or 'latency table'} is a damaged latency table ({exc}): "
+                                "rebuild it with pssnet lut build") from None
         return self._index[1]
 
     def _check_in_space(self, resolutions: np.ndarray, widths: np.ndarray) -> None:
@@ -138,8 +155,20 @@ class LatencyTable:
             raise self._missing(layout, key, part.name)
         return float(model.predict(part_features(part, size, channels)))
 
+    def _finite(self, total: np.ndarray) -> np.ndarray:
+        """``total``, refused when a table with absurd (finite) values overflowed it to infinity."""
+        if not np.isfinite(total).all():
+            raise UserError(f"{self.source or 'latency table'} is a damaged latency table (it predicts an infinite "
+                            "latency: an entry, a model or the correction is absurdly large): rebuild it with "
+                            "pssnet lut build")
+        return total
+
     def predict(self, layout: Layout, subnet: Subnet) -> float:
         """Predicted latency of ``subnet`` in milliseconds."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by _finite
+            return float(self._finite(np.asarray(self._predict(layout, subnet))))
+
+    def _predict(self, layout: Layout, subnet: Subnet) -> float:
         if self.method == "fitted":
             self._check_in_space(np.array([subnet.resolution]), np.array(subnet.widths))
         channels = layout.group_channels(subnet.widths)
@@ -152,6 +181,12 @@ class LatencyTable:
         return total
 
     def predict_arrays(self, layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Predicted latencies (ms) of many subnets: resolutions ``[n]``, multipliers ``[n, groups]``
+        (see :meth:`_predict_arrays`)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by _finite
+            return self._finite(self._predict_arrays(layout, resolutions, widths))
+
+    def _predict_arrays(self, layout: Layout, resolutions: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """Predicted latencies (ms) of many subnets: resolutions ``[n]``, multipliers ``[n, groups]``.
 
         Each block's latency depends on the resolution and one to three groups' channels, which
@@ -203,49 +238,146 @@ class LatencyTable:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> "LatencyTable":
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None,
+                  allow_negative_overhead: bool = False) -> "LatencyTable":
         """A table from its JSON form (``pssnet-lut/2``, or ``/1`` read as before); every field is
         checked (present, typed, finite, in range) and a damaged table is a :class:`UserError`
-        naming ``source`` and the field."""
+        naming ``source`` and the field.
+
+        A negative ``overhead_ms`` (older builds wrote one) could predict a negative latency and
+        is refused, unless ``allow_negative_overhead``: a build resuming the table (it refits the
+        correction) and the evaluation of a run that trained with it read it as it is."""
         where = source or "latency table"
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
         if found not in (FORMAT, FORMAT_V1):
             raise UserError(f"{where} is not a {FORMAT} table (format {found!r}): build one with pssnet lut build")
         try:
+            _check_depth(data)
             fields = _checked_fields(data)
             if found == FORMAT:
                 fields.update(_checked_v2_fields(data))
-            return cls(**fields, source=source)
+                _check_timings(fields["timings"], _space_of(fields["model_config"]))
         except FieldError as exc:
             raise UserError(f"{where} is a damaged latency table ({exc}): rebuild it with pssnet lut build") from None
+        if fields["overhead_ms"] < 0 and not allow_negative_overhead:
+            raise UserError(f"{where} has a negative overhead ({fields['overhead_ms']:g} ms), with which a subnet "
+                            "could be predicted a negative latency: run the pssnet lut build command that built it "
+                            "again; it keeps the measurements and refits the correction")
+        return cls(**fields, source=source)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON, atomically (temporary file in the same folder, then rename)."""
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+    def load(cls, path: str | os.PathLike, allow_negative_overhead: bool = False) -> "LatencyTable":
+        """The table in the JSON file at ``path`` (see :meth:`from_dict`); a missing, oversized,
+        unreadable or damaged file is a one-line :class:`UserError` naming it."""
         path = pathlib.Path(path)
         try:
-            data = json.loads(path.read_text())
+            text = _read_bounded(path)
+            data = json.loads(text)
         except FileNotFoundError:
             raise UserError(f"latency table {path} does not exist: build it with pssnet lut build -o {path}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"cannot read latency table {path} ({exc}): rebuild it with pssnet lut build") from None
-        return cls.from_dict(data, source=str(path))
+        except (RecursionError, ValueError) as exc:  # nested too deeply; an integer beyond Python's digit limit
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise UserError(f"{path} is a damaged latency table ({reason}): rebuild it with pssnet lut build") from None
+        return cls.from_dict(data, source=str(path), allow_negative_overhead=allow_negative_overhead)
+
+    def space_config(self) -> SupernetConfig:
+        """The architecture and search space the table was built for (its ``model_config``)."""
+        return _space_of(self.model_config)
+
+    def check_covers(self, config: SupernetConfig) -> None:
+        """Refuse (one line naming every mismatch) a table that cannot predict every subnet of
+        the space ``config`` describes: another architecture, input kind, class or channel count,
+        resolutions it did not measure (an exhaustive table) or fit (a fitted one), or widths
+        outside its range."""
+        mismatches = _mismatches(self.space_config(), config, self.method)
+        if mismatches:
+            name = f"latency table {self.source}" if self.source else "the latency table"
+            raise UserError(f"{name} does not cover this run's search space ({'; '.join(mismatches)}): "
+                            f"build one for it with `{_build_command(config, self.device)}`")
 
 
-def load_tables(paths: Iterable[str | os.PathLike]) -> dict[str, LatencyTable]:
+def load_tables(paths: Iterable[str | os.PathLike], config: Optional[SupernetConfig] = None) -> dict[str, LatencyTable]:
     """The tables at ``paths`` (``--lut`` files) by the latency kind each serves (``latency_cpu``,
-    ``latency_gpu``: by the device it was measured on); two for one kind is a UserError."""
+    ``latency_gpu``: by the device it was measured on); two for one kind is a UserError, and so
+    (with ``config``, the run's model) is a table that does not cover its search space."""
     tables: dict[str, LatencyTable] = {}
     for path in paths:
         table = LatencyTable.load(path)
+        if config is not None:
+            table.check_covers(config)
         kind = latency_kind_for(table.device)
         if kind in tables:
             raise UserError(f"two latency tables for {kind} given; pass one --lut per device")
         tables[kind] = table
     return tables
+
+
+def _read_bounded(path: pathlib.Path) -> str:
+    """The text of ``path``, refused (before reading, where its size is known) above MAX_TABLE_BYTES."""
+    limit = f"{MAX_TABLE_BYTES >> 20} MiB, more than any latency table pssnet writes"
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_TABLE_BYTES:
+            raise UserError(f"latency table {path} is {size / 2**20:,.0f} MiB, larger than {limit}: "
+                            "it is no latency table; build one with pssnet lut build")
+        data = file.read(MAX_TABLE_BYTES + 1)  # a device or pipe has no size
+    if len(data) > MAX_TABLE_BYTES:
+        raise UserError(f"latency table {path} holds more than {limit}: it is no latency table; "
+                        "build one with pssnet lut build")
+    return data.decode("utf-8")
+
+
+def _check_depth(data: Any) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH (walked without recursion): printing, hashing or
+    saving a deeper value could exhaust Python's recursion limit far from the file that held it."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FieldError(f"it is nested more than {MAX_DEPTH} levels deep")
+        children = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list, tuple)))
+
+
+def _space_of(model_config: Mapping[str, Any]) -> SupernetConfig:
+    """The checked :class:`SupernetConfig` of a table's ``model_config`` (a FieldError names a bad field)."""
+    cfg = model_config
+    resolutions = cfg.get("resolutions")
+    return SupernetConfig(cfg.get("arch"), cfg.get("num_classes"), cfg.get("in_chans"), cfg.get("small_input"),
+                          tuple(resolutions) if resolutions is not None else None, tuple(cfg.get("width_range") or ()))
+
+
+def _mismatches(table: SupernetConfig, run: SupernetConfig, method: str) -> list[str]:
+    """What of the run's space ``run`` the table built for ``table`` (by ``method``) does not cover."""
+    found = [f"{key} {getattr(table, key)}, not the run's {getattr(run, key)}"
+             for key in ("arch", "small_input", "num_classes", "in_chans") if getattr(table, key) != getattr(run, key)]
+    measured, wanted = table.space().resolutions, run.space().resolutions
+    if method == "fitted":  # block models predict between the resolutions they were fitted on
+        missing = [r for r in wanted if not measured[0] <= r <= measured[-1]]
+    else:
+        missing = [r for r in wanted if r not in measured]
+    if missing:
+        low, high, step = table.resolutions
+        found.append(f"resolutions {low}:{high}:{step} lack the run's {', '.join(map(str, missing[:5]))}"
+                     + (", ..." if len(missing) > 5 else ""))
+    (low, high), (run_low, run_high) = table.width_range, run.width_range
+    if run_low < low - 1e-9 or run_high > high + 1e-9:
+        found.append(f"width range {low:g}:{high:g} does not hold the run's {run_low:g}:{run_high:g}")
+    return found
+
+
+def _build_command(config: SupernetConfig, device: str) -> str:
+    """The ``pssnet lut build`` command of a table for the space of ``config`` on ``device``."""
+    (low, high, step), (w_low, w_high) = config.resolutions, config.width_range
+    return (f"pssnet lut build --arch {config.arch}{' --small-input' if config.small_input else ''} "
+            f"--num-classes {config.num_classes} --in-chans {config.in_chans} --resolutions {low}:{high}:{step} "
+            f"--width-range {w_low:g}:{w_high:g} --device {device} -o FILE")
 
 
 def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,6 +399,7 @@ def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         "width_range": [schema.number(v, f"width_range[{i}]", low=0.0, low_open=True) for i, v in
                         enumerate(schema.sequence(schema.require(data, "width_range"), "width_range", 2))],
     }
+    _space_of(config)  # the bounds of a bundle's model_config: at most 2048 px, 64 channels, low <= high, ...
     entries = schema.mapping(schema.require(data, "entries"), "entries")
     return {
         # A block's latency is a duration: finite and non-negative.
@@ -276,7 +409,7 @@ def _checked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         "batch": schema.integer(schema.require(data, "batch"), "batch", low=1),
         "settings": schema.mapping(data.get("settings", {}), "settings"),
         "complete": schema.boolean(data.get("complete", True), "complete"),
-        # Calibrated as a median difference: may be slightly negative, never infinite.
+        # Time a network pays beyond its blocks: with it >= 0 (see from_dict), no prediction is negative.
         "overhead_ms": schema.number(data.get("overhead_ms", 0.0), "overhead_ms"),
     }
 
@@ -296,8 +429,38 @@ def _checked_v2_fields(data: Mapping[str, Any]) -> dict[str, Any]:
                                                           "correction")),
         "timings": [SubnetTiming.from_dict(schema.mapping(t, f"subnets[{i}]"), f"subnets[{i}]")
                     for i, t in enumerate(timings)],
-        "build": schema.mapping(data.get("build", {}), "build"),
+        "build": _checked_build(data.get("build", {})),
     }
+
+
+def _check_timings(timings: Iterable[SubnetTiming], config: SupernetConfig) -> None:
+    """Whole subnets timed while building are of the table's space, a time per part (a resumed
+    build refits the table on them)."""
+    space, parts = config.space(), len(layout_parts(config.layout()))
+    for i, timing in enumerate(timings):
+        try:
+            space.validate(timing.subnet)
+        except FieldError as exc:
+            raise FieldError(f"field 'subnets[{i}].subnet' is outside the table's space ({exc})") from None
+        if len(timing.parts_ms) != parts:
+            raise FieldError(f"field 'subnets[{i}].parts_ms' must have {parts} items (one per part of "
+                             f"{config.arch}), got {len(timing.parts_ms)}")
+
+
+def _checked_build(value: Any) -> dict[str, Any]:
+    """The build record, whose fields that are read back (by ``lut show`` and a resumed build) are checked."""
+    build = dict(schema.mapping(value, "build"))
+    if "seconds" in build:
+        schema.number(build["seconds"], "build.seconds", low=0.0)
+    schema.integer(build.get("space_entries"), "build.space_entries", low=0, optional=True)
+    for i, pace in enumerate(schema.sequence(build.get("pace", []), "build.pace")):
+        schema.number(pace, f"build.pace[{i}]", low=0.0, low_open=True)
+    for i, record in enumerate(schema.sequence(build.get("rounds", []), "build.rounds")):
+        where = f"build.rounds[{i}]"
+        schema.integer(schema.require(schema.mapping(record, where), "subnets", where), f"{where}.subnets", low=0)
+        for key in ("seconds", "block_mape", "e2e_mape", "e2e_within_10pct"):
+            schema.number(schema.require(record, key, where), f"{where}.{key}", low=0.0)
+    return build
 
 
 def _compact(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -182,7 +182,7 @@ class Trainer:
             report = load_pretrained(net, c.init)
             if self.ctx.is_main:
                 print(report.summary())
-        luts = load_tables(c.luts)
+        luts = load_tables(c.luts, net.config)  # each must cover this run's space
         meter = ResourceMeter(net.layout, luts)
         constraints = parse_constraints(c.constraints, meter, net.space)
         maps = self._build_maps(constraints, meter, net) if c.sampler.name == "pss" else {}
