@@ -31,7 +31,7 @@ class ServingMetrics:
         self.server_errors = Counter("pssnet_server_errors", "Requests answered with a 5xx status (500: a failure "
                                      "of the server; 503: shutting down or too many bodies at once)", ["status"],
                                      registry=r)
-        self.subnet_requests = Counter("pssnet_subnet_requests", "Requests served, per subnet", ["subnet"],
+        self.subnet_requests = Counter("pssnet_subnet_requests", "Requests run on each subnet", ["subnet"],
                                        registry=r)
         self.switches = Counter("pssnet_subnet_switches", "Changes of the serving subnet (as /status counts them)",
                                 registry=r)

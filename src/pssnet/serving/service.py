@@ -9,9 +9,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..constraints import UNITS
-from ..deploy import AdaptiveNet
-from ..deploy.bundle import RetainedSubnet
+from ..deploy import AdaptiveNet, RetainedSubnet
+from ..resources import UNITS
 from .batcher import Batcher, Job
 from .config import ServeConfig
 from .controller import Need, SloController
