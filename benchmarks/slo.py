@@ -490,7 +490,8 @@ def run_mixed(bundle: Path, setup: dict, arrivals: list[float], args) -> dict:
     for label, run in (("headers", aware), ("global", ignoring)):
         for name, row in class_summary(run["results"], arrivals, classes, deadlines, run["accuracy_of"]).items():
             results.update({f"mixed_attainment_{name}_{label}": row["attainment"],
-                            f"mixed_accuracy_{name}_{label}": row["accuracy"], f"mixed_requests_{name}": row["requests"]})
+                            f"mixed_accuracy_{name}_{label}": row["accuracy"],
+                            f"mixed_requests_{name}": row["requests"]})
         results[f"mixed_switches_{label}"] = run["switches"]
     return results
 

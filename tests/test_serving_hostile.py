@@ -5,7 +5,6 @@ here is bounded in count and time and stops by itself."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import selectors
 import socket

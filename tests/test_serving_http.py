@@ -418,7 +418,8 @@ def test_request_budgets_and_deadlines_choose_the_subnet_and_are_counted(server,
     assert status == 200
     served.append(answer["subnet"])
     after = server.metrics()
-    assert metric_value(after, "pssnet_deadline_misses_total") - metric_value(before, "pssnet_deadline_misses_total") == 1
+    misses = "pssnet_deadline_misses_total"
+    assert metric_value(after, misses) - metric_value(before, misses) == 1
     for key in {r.key for r in net.subnets}:
         sample = f'pssnet_subnet_requests_total{{subnet="{key}"}}'
         assert metric_value(after, sample) - metric_value(before, sample) == served.count(key)
@@ -598,3 +599,36 @@ def test_the_worker_batches_in_arrival_order_and_survives_abandoned_requests(bun
         assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
     assert len({a.inference_ms for a in answers[:3]}) == 1  # the first four (one dropped) ran as one batch
     assert answers[3].inference_ms != answers[0].inference_ms
+
+
+def test_the_worker_runs_requests_in_batches_grouped_by_the_subnet_their_budget_allows(bundle_path):
+    from pssnet.serving import SloConfig, SloController, subnet_profiles
+    from pssnet.serving.batcher import Batcher
+    from pssnet.serving.controller import Need
+    from pssnet.serving.metrics import ServingMetrics
+    from pssnet.serving.worker import InferenceWorker
+
+    net = AdaptiveNet.load(bundle_path)
+    by_flops = sorted(net.subnets, key=lambda r: r.resources["flops"])
+    smallest, largest = by_flops[0], by_flops[-1]
+    config = SloConfig(target_ms=1000, max_batch=4, max_wait_ms=500)
+    batcher = Batcher(config.max_batch, config.max_wait_ms / 1e3)
+    metrics = ServingMetrics(config.target_ms, config.max_batch)
+    worker = InferenceWorker(net, SloController(subnet_profiles(net.subnets, net.kinds), config), batcher, metrics)
+    worker.start()
+    inputs = torch.randn(4, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(8))
+    small_only, large_only = Need(allowed=frozenset({smallest.key})), Need(allowed=frozenset({largest.key}))
+    needs = [small_only, large_only, small_only, large_only]  # interleaved; the batch waits for all four
+    jobs = [batcher.submit(x, need=need) for x, need in zip(inputs, needs)]
+    answers = [job.future.result(timeout=30) for job in jobs]
+    batcher.close()
+    worker.join(30)
+    assert [a.subnet for a in answers] == [smallest.key, largest.key, smallest.key, largest.key]
+    # one batch per subnet: the requests of a subnet share a forward pass, the two subnets do not
+    assert answers[0].inference_ms == answers[2].inference_ms != answers[1].inference_ms == answers[3].inference_ms
+    for x, answer in zip(inputs, answers):
+        expected = reference_probabilities(bundle_path, answer.subnet, x)
+        assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
+    text = metrics.exposition().decode()
+    for key in (smallest.key, largest.key):
+        assert metric_value(text, f'pssnet_subnet_requests_total{{subnet="{key}"}}') == 2
