@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import types
 
 import pytest
@@ -408,3 +409,56 @@ def test_a_budget_admits_a_subnet_that_only_another_outside_it_dominates():
     pinned = SloController(profiles, CONFIG, fixed="cheap")  # a pinned subnet yields to a budget too
     assert pinned.choose(0.0, [0.0], [Need(allowed=frozenset({"thin"}))]).key == "thin"
     assert pinned.choose(0.0, [0.0], [Need(deadline_ms=0.001)]).key == "cheap"
+
+
+def simulate_needs(controller: SloController, duration_ms: float, rate_per_ms: float, classes: list, slow,
+                   seed: int = 0, noise: float = 0.1) -> list[tuple]:
+    """Like :func:`simulate`, each request drawn into one of ``classes`` (a Need, or None: no
+    header); one record (need, latency, subnet) per request."""
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    while t < duration_ms:
+        t += rng.expovariate(rate_per_ms)
+        arrivals.append((t, rng.choice(classes)))
+    now, next_arrival, waiting, records = 0.0, 0, [], []
+    while next_arrival < len(arrivals) or waiting:
+        if not waiting:
+            now = max(now, arrivals[next_arrival][0])
+        new = []
+        while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now:
+            new.append(arrivals[next_arrival])
+            next_arrival += 1
+        controller.note_arrivals([a for a, _ in new], [need for _, need in new])
+        waiting += new
+        needs = [need for _, need in waiting]
+        decision = controller.choose(now, [a for a, _ in waiting], needs if any(needs) else None)
+        batch = [waiting[i] for i in decision.members]
+        waiting = [w for i, w in enumerate(waiting) if i not in set(decision.members)]
+        service = true_ms(decision.key, decision.batch) * (1 + noise * rng.uniform(-1, 1)) * slow(now)
+        now += service
+        controller.observe(decision.key, decision.batch, service)
+        records += [(need, now - a, decision.key) for a, need in batch]
+    return records
+
+
+def test_mixed_deadlines_each_kept_and_the_loose_class_more_accurate_than_one_global_target():
+    # The benchmark's mixed trace in simulation: three deadline classes (the target, 2x, 4x) at once,
+    # a 2x slow-down in the middle third; against one server with the tightest as its global target.
+    from pssnet.serving.controller import Need
+
+    config = SloConfig(target_ms=80.0, max_batch=32, max_wait_ms=2.0)
+    slow = lambda t: 2.0 if 20_000.0 <= t < 40_000.0 else 1.0  # noqa: E731
+    classes = [Need(deadline_ms=80.0), Need(deadline_ms=160.0), Need(deadline_ms=320.0)]
+    accuracy = {p.key: p.accuracy for p in PROFILES}
+    mixed = simulate_needs(SloController(PROFILES, config), 60_000.0, 0.2, classes, slow)
+    one_target = simulate_needs(SloController(PROFILES, config), 60_000.0, 0.2, [None], slow)
+    global_accuracy = statistics.fmean(accuracy[key] for _, _, key in one_target)
+    assert sum(lat <= 80.0 for _, lat, _ in one_target) / len(one_target) >= 0.95
+    mean = {}
+    for need in classes:
+        mine = [(lat, key) for n, lat, key in mixed if n == need]
+        assert sum(lat <= need.deadline_ms for lat, _ in mine) / len(mine) >= 0.95
+        mean[need.deadline_ms] = statistics.fmean(accuracy[key] for _, key in mine)
+    # the spare capacity goes to the needs that can wait longest
+    assert mean[320.0] > global_accuracy + 1.0 and mean[320.0] >= mean[160.0] >= mean[80.0]
+    assert mean[80.0] > global_accuracy - 0.5

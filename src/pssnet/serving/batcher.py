@@ -32,10 +32,11 @@ class Job:
 @dataclass(frozen=True)
 class Pending:
     """What the consumer sees before a batch: all waiting jobs (oldest first) and the arrival
-    times of jobs that came in since the previous batch."""
+    times and needs of jobs that came in since the previous batch."""
 
     waiting: list[Job]
     new_arrivals: list[float]
+    new_needs: list[Optional[Need]]
 
 
 class Batcher:
@@ -48,6 +49,7 @@ class Batcher:
         self._fill = max_batch  # until the controller has seen a queue
         self._queue: deque[Job] = deque()
         self._new: list[float] = []
+        self._new_needs: list[Optional[Need]] = []
         self._closed = False
         self._hurried = False
         self._cond = threading.Condition()
@@ -60,6 +62,7 @@ class Batcher:
                 raise Closed("the server is shutting down")
             self._queue.append(job)
             self._new.append(job.arrival)
+            self._new_needs.append(need)
             self._cond.notify()
         return job
 
@@ -97,8 +100,8 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            pending = Pending(list(self._queue), self._new)
-            self._new = []
+            pending = Pending(list(self._queue), self._new, self._new_needs)
+            self._new, self._new_needs = [], []
             return pending
 
     def take(self, members: Sequence[int]) -> list[Job]:

@@ -25,12 +25,16 @@ How many requests a batch waits for (up to ``max_wait_ms``) is the longest queue
 in batches of 16, not 15 and 1.
 
 Per-request needs (:class:`Need`: ``X-Deadline-Ms``, ``X-Budget``): requests are taken earliest
-deadline first (a request without a header has the target as its deadline). The class of the
-most urgent request (its deadline and budget) is served by the most accurate subnet within its
-budget that completes the class's waiting requests within ``margin`` of their deadline, else by
-the least costly one within the budget; the batch holds the waiting requests, earliest deadline
-first, whose own class chose the same subnet. Requests without a header keep the serving subnet
-of the global target.
+deadline first (a request without a header has the target as its deadline). Each class of
+waiting requests (one deadline and budget) gets the most accurate subnet within its budget that
+keeps its deadline the way the target is kept (in steady state at the class's arrival rate, and
+for its waiting requests) within its share of the server's time: shares go by arrival rate, the
+loosest deadlines choose first, and a class's least costly share is reserved until its turn, so
+the spare time goes to the requests that can wait for a more accurate subnet, never the time a
+tighter class needs. The batch holds the waiting requests, earliest deadline first, whose class
+chose the most urgent one's subnet; where no subnet keeps the most urgent need, every waiting
+request that may run on the least costly one (throughput first). Requests without a header keep
+the serving subnet of the global target.
 """
 
 from __future__ import annotations
@@ -85,6 +89,32 @@ def by_accuracy(profiles: Sequence[SubnetProfile]) -> list[SubnetProfile]:
     return sorted((p for p in profiles if p.key not in out), key=lambda p: (-p.accuracy, p.cost, p.key))
 
 
+class NeedRates:
+    """Arrival rates per :class:`Need` (None: requests without a header) over a sliding window."""
+
+    def __init__(self, window_ms: float) -> None:
+        self.window_ms = window_ms
+        self._times: dict[Optional[Need], deque[float]] = {}
+        self._first: dict[Optional[Need], float] = {}
+
+    def note(self, time_ms: float, need: Optional[Need]) -> None:
+        self._times.setdefault(need, deque()).append(time_ms)
+        self._first.setdefault(need, time_ms)
+
+    def rates(self, now_ms: float) -> dict[Optional[Need], float]:
+        """Requests per ms of each need seen in the window (needs gone from it are forgotten)."""
+        start, out = now_ms - self.window_ms, {}
+        for need in list(self._times):
+            times = self._times[need]
+            while times and times[0] < start:
+                times.popleft()
+            if not times:
+                del self._times[need], self._first[need]
+                continue
+            out[need] = len(times) / max(now_ms - max(start, self._first[need]), self.window_ms / 20)
+        return out
+
+
 class SloController:
     """Picks the subnet and size of each batch to keep ``quantile`` of latencies within ``target_ms``.
 
@@ -122,6 +152,8 @@ class SloController:
         self._queue_lengths: deque[int] = deque(maxlen=config.fill_window)
         self._deadlines: deque[tuple[float, float]] = deque()  # (time, deadline): a sliding-window minimum
         self._budget_ranked: dict[frozenset[str], list[SubnetProfile]] = {}
+        self._need_rates = NeedRates(config.rate_window_ms)
+        self._need_keys: dict[Optional[Need], str] = {}  # each need's latest subnet
 
     def least_costly(self, among: Optional[Sequence[SubnetProfile]] = None) -> str:
         """The candidate (of ``among``, default all) with the least predicted time per request at
@@ -135,9 +167,11 @@ class SloController:
 
     # -- arrival rate --------------------------------------------------------
 
-    def note_arrivals(self, times_ms: Sequence[float]) -> None:
-        for t in times_ms:
+    def note_arrivals(self, times_ms: Sequence[float], needs: Optional[Sequence[Optional[Need]]] = None) -> None:
+        """New requests: their arrival times and (None: all without a header) their :class:`Need`."""
+        for i, t in enumerate(times_ms):
             self._arrivals.append(float(t))
+            self._need_rates.note(float(t), needs[i] if needs is not None else None)
             if self._first_arrival is None:
                 self._first_arrival = float(t)
 
@@ -247,7 +281,7 @@ class SloController:
         if self.fixed is None:
             self._step(now_ms)
         if needs is None:
-            key, batch = self._plain_choice(now_ms, waiting_ms)
+            key, batch, _ = self._plain_choice(now_ms, waiting_ms)
             batch = min(batch, len(waiting_ms))
             return Decision(key, batch, self.completion_ms(key, now_ms, waiting_ms[:batch], batch),
                             tuple(range(batch)))
@@ -265,63 +299,95 @@ class SloController:
         while window[0][0] < now_ms - self.config.rate_window_ms:
             window.popleft()
 
-    def _plain_choice(self, now_ms: float, waiting_ms: Sequence[float]) -> tuple[str, int]:
-        """Subnet and batch size for requests without a header: the pinned or serving subnet at its
-        :meth:`batch_cap`, the backlog's subnet (:meth:`_for_backlog`), or, where none clears the
-        backlog in time, the least costly at ``max_batch`` (throughput first)."""
+    def _plain_choice(self, now_ms: float, waiting_ms: Sequence[float]) -> tuple[str, int, bool]:
+        """Subnet and batch size for requests without a header, and whether the target is out of
+        reach: the pinned or serving subnet at its :meth:`batch_cap`, the backlog's subnet
+        (:meth:`_for_backlog`), or, where none clears the backlog in time, the least costly at
+        ``max_batch`` (throughput first)."""
         if self.fixed is None:
             return self._for_backlog(now_ms, waiting_ms)
         if self._clears(self.fixed, now_ms, waiting_ms):
-            return self.fixed, self.batch_cap(self.fixed)
-        return self.fixed, self.config.max_batch
+            return self.fixed, self.batch_cap(self.fixed), False
+        return self.fixed, self.config.max_batch, True
 
     def _choose_mixed(self, now_ms: float, waiting_ms: Sequence[float], needs: Sequence[Optional[Need]]) -> Decision:
         """Earliest deadline first: the most urgent request's class picks the subnet and batch size,
-        and the batch takes the waiting requests whose class chose the same subnet."""
-        target = self.config.target_ms
-        due = [t + (target if n is None or n.deadline_ms is None else n.deadline_ms) for t, n in zip(waiting_ms, needs)]
+        and the batch takes the waiting requests whose class chose the same subnet (where no
+        subnet keeps the most urgent need, every waiting request that may run on the least costly
+        one: throughput first, as for a backlog)."""
+        due = [t + self._deadline(n) for t, n in zip(waiting_ms, needs)]
         order = sorted(range(len(waiting_ms)), key=lambda i: (due[i], waiting_ms[i], i))
         classes: dict[Optional[Need], list[int]] = {}
         for i in order:
             classes.setdefault(needs[i], []).append(i)
-        rate = self.arrival_rate(now_ms)
-        choices = {need: self._class_choice(need, members, now_ms, waiting_ms, rate)
-                   for need, members in classes.items()}
+        choices = self._allocate(now_ms, waiting_ms, classes)
         head = order[0]
-        key, batch = choices[needs[head]]
-        members = tuple([i for i in order if choices[needs[i]][0] == key][:batch])
+        key, batch, out_of_reach = choices[needs[head]]
+        if out_of_reach:
+            joins = [i for i in order if needs[i] is None or needs[i].allowed is None or key in needs[i].allowed]
+        else:
+            joins = [i for i in order if choices[needs[i]][0] == key]
+        members = tuple(joins[:batch])
         return Decision(key, len(members), now_ms - waiting_ms[head] + self.model.predict_ms(key, len(members)),
                         members)
 
-    def _class_choice(self, need: Optional[Need], members: Sequence[int], now_ms: float,
-                      waiting_ms: Sequence[float], rate: float) -> tuple[str, int]:
-        """Subnet and largest batch size for the waiting requests of one class (most urgent first)."""
-        if need is None:
-            return self._plain_choice(now_ms, [waiting_ms[i] for i in sorted(members)])
-        return self._fit(need, now_ms - waiting_ms[members[0]], len(members), rate)
+    def _deadline(self, need: Optional[Need]) -> float:
+        return self.config.target_ms if need is None or need.deadline_ms is None else need.deadline_ms
 
-    def _fit(self, need: Need, elapsed_ms: float, count: int, rate: float) -> tuple[str, int]:
+    def _cost_ms(self, key: str, deadline_ms: float) -> float:
+        """Predicted server time per request of ``key`` in batches of its cap for ``deadline_ms``."""
+        batch = max(1, self.batch_cap(key, deadline_ms))
+        return self.model.predict_ms(key, batch) / batch
+
+    def _allocate(self, now_ms: float, waiting_ms: Sequence[float],
+                  classes: Mapping[Optional[Need], Sequence[int]]) -> dict[Optional[Need], tuple[str, int, bool]]:
+        """Each waiting class's subnet, batch size and whether its need is out of reach, loosest
+        deadline first. The server's time (``max_utilisation`` of it) is shared by arrival rate:
+        the needs seen lately but not waiting keep their latest subnet's share, each waiting class
+        has its least costly subnet's share reserved until its turn, and a class may take a more
+        accurate subnet only within what is left. So the spare capacity goes to the needs that
+        can wait longest (larger batches, and a more accurate subnet), and a loose class never
+        takes the time a tight one needs."""
+        rates = self._need_rates.rates(now_ms)
+        self._need_keys = {c: k for c, k in self._need_keys.items() if c in rates}
+        least = {c: self.least_costly(self._ranked_within(c.allowed if c else None)) for c in classes}
+        committed = sum(rate * self._cost_ms(self._need_keys.get(c) or self.least_costly(), self._deadline(c))
+                        for c, rate in rates.items() if c not in classes)
+        reserved = {c: rates.get(c, 0.0) * self._cost_ms(least[c], self._deadline(c)) for c in classes}
+        choices = {}
+        for c in sorted(classes, key=lambda c: (-self._deadline(c), classes[c][0])):
+            spare = self.config.max_utilisation - committed - (sum(reserved.values()) - reserved.pop(c))
+            members = classes[c]
+            if c is None:
+                choices[c] = self._plain_choice(now_ms, [waiting_ms[i] for i in sorted(members)])
+            else:
+                choices[c] = self._fit(c, now_ms - waiting_ms[members[0]], len(members), rates.get(c, 0.0), spare)
+            committed += rates.get(c, 0.0) * self._cost_ms(choices[c][0], self._deadline(c))
+            self._need_keys[c] = choices[c][0]
+        return choices
+
+    def _fit(self, need: Need, elapsed_ms: float, count: int, rate: float, spare: float) -> tuple[str, int, bool]:
         """The most accurate subnet within the budget that keeps this need's deadline as the
-        target is kept for requests without a header: in steady state at the whole arrival rate,
-        within ``margin`` with the quantile's stretch (so that a loose class does not overload
-        the server: it may take more time per request, not more than the server has), and for
-        the ``count`` waiting requests of this need (the most urgent waiting for ``elapsed_ms``),
-        with the largest batch that completes them in time; else the least costly within the
-        budget at ``max_batch``. Pinned (``fixed``): that subnet where the budget allows it, else
-        the budget's most accurate."""
+        target is kept for requests without a header: in steady state at the need's arrival rate
+        (``rate``), within ``margin`` with the quantile's stretch, within the ``spare`` share of
+        the server's time, and for the ``count`` waiting requests of this need (the most urgent
+        waiting for ``elapsed_ms``), with the largest batch that completes them in time; else
+        (out of reach) the least costly within the budget at ``max_batch``. Pinned (``fixed``):
+        that subnet where the budget allows it, else the budget's most accurate."""
         ranked = self._ranked_within(need.allowed)
-        deadline = self.config.target_ms if need.deadline_ms is None else need.deadline_ms
+        deadline = self._deadline(need)
         if self.fixed is not None:
             key = self.fixed if need.allowed is None or self.fixed in need.allowed else ranked[0].key
-            return key, max(1, self.batch_cap(key, deadline))
+            return key, max(1, self.batch_cap(key, deadline)), False
         steady_limit = self.config.margin * deadline / self.model.stretch()
         budget_ms = deadline - elapsed_ms
         for p in ranked:
             cap = self.batch_cap(p.key, deadline)
             if (cap and self.model.predict_ms(p.key, min(count, cap)) <= budget_ms
+                    and rate * self._cost_ms(p.key, deadline) <= spare
                     and self.steady_ms(p.key, rate, self.config.max_utilisation, deadline) <= steady_limit):
-                return p.key, self._largest(lambda b: self.model.predict_ms(p.key, b) <= budget_ms, cap)
-        return self.least_costly(ranked), self.config.max_batch
+                return p.key, self._largest(lambda b: self.model.predict_ms(p.key, b) <= budget_ms, cap), False
+        return self.least_costly(ranked), self.config.max_batch, True
 
     def _ranked_within(self, allowed: Optional[frozenset[str]]) -> list[SubnetProfile]:
         """The candidates within a budget (the subnets no other one within it dominates), most accurate first."""
@@ -363,7 +429,7 @@ class SloController:
                 and self._headroom_batches >= self.config.up_hold_batches):
             self._switch(better[0])
 
-    def _for_backlog(self, now_ms: float, waiting_ms: Sequence[float]) -> tuple[str, int]:
+    def _for_backlog(self, now_ms: float, waiting_ms: Sequence[float]) -> tuple[str, int, bool]:
         """The subnet and batch size of this batch: the serving subnet at its :meth:`batch_cap`,
         unless the requests waiting now (a stall, a burst) would miss the target on it; then, for
         this batch only, the most accurate cheaper candidate that clears them in time, else the
@@ -371,10 +437,11 @@ class SloController:
         few batches of accuracy, not a step down and the hold before the step back up. Lasting
         interference raises the slow-down factor and moves the serving subnet itself (:meth:`_step`)."""
         if self._clears(self.current, now_ms, waiting_ms):
-            return self.current, self.batch_cap(self.current)
+            return self.current, self.batch_cap(self.current), False
         cheaper = self.ranked[self._rank[self.current] + 1:]  # candidates: less accurate means cheaper
         key = next((p.key for p in cheaper if self._clears(p.key, now_ms, waiting_ms)), None)
-        return (key, self.batch_cap(key)) if key is not None else (self.least_costly(), self.config.max_batch)
+        return (key, self.batch_cap(key), False) if key is not None else \
+            (self.least_costly(), self.config.max_batch, True)
 
     def _switch(self, key: str) -> None:
         self._headroom_since, self._headroom_batches, self._misses = None, 0, 0

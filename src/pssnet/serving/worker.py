@@ -90,7 +90,7 @@ class InferenceWorker:
             needs = [job.need for job in waiting]
             with self.lock:
                 now = 1e3 * self.clock()
-                self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals])
+                self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals], pending.new_needs)
                 decision = self.controller.choose(now, [1e3 * job.arrival for job in waiting],
                                                   needs if any(needs) else None)
                 serving, switches = self.controller.current, self.controller.switches
