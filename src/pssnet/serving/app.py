@@ -41,6 +41,7 @@ Send = Callable[[Message], Awaitable[None]]
 INLINE_DECODE_PIXELS = 128 * 128  # decoded sizes (pixels or array values) decoded on the event loop
 DECODE_THREADS = 2  # larger ones: threads at once (each can hold a 4096 x 4096 image)
 NEED_CACHE = 1024  # distinct (X-Deadline-Ms, X-Budget) pairs whose parse is kept
+SWEEP_S = 0.25  # how often uploads over the body timeout are looked for
 SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 # Refusals sent before the whole body was read: the connection is closed, not drained.
 CLOSE_AFTER = frozenset({408, 413, 503})
@@ -112,20 +113,24 @@ class ClientGone(Exception):
 
 
 class BodyBuffer:
-    """The bytes of request bodies held at once, across connections, within ``limit``; used on the
-    event loop only. A chunk that does not fit drops the oldest unfinished upload (a slow upload
-    is the oldest), cancelling its task with a reason that its handler answers with 503."""
+    """The request bodies being received, used on the event loop only: what they hold, within
+    ``limit`` bytes at once, and how long they take, within ``timeout_s``. A chunk that does not
+    fit drops the oldest unfinished upload (a slow upload is the oldest); :meth:`expire`, called
+    periodically, drops the uploads older than the timeout (a sweep rather than a timer per
+    request, which would cost every request). A dropped upload's task is cancelled with a status
+    and a reason, which its handler answers."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, timeout_s: float) -> None:
         self.limit = limit
+        self.timeout_s = timeout_s
         self.used = 0
         self._held: dict[asyncio.Task, int] = {}
-        self._reading: dict[asyncio.Task, None] = {}  # unfinished uploads, oldest first
-        self._dropped: dict[asyncio.Task, str] = {}
+        self._reading: dict[asyncio.Task, float] = {}  # unfinished uploads and their start, oldest first
+        self._dropped: dict[asyncio.Task, tuple[int, str]] = {}
 
-    def start(self, task: asyncio.Task) -> None:
+    def start(self, task: asyncio.Task, now: float) -> None:
         self._held[task] = 0
-        self._reading[task] = None
+        self._reading[task] = now
 
     def add(self, task: asyncio.Task, size: int) -> None:
         """Hold ``size`` more bytes for ``task``, dropping older unfinished uploads as needed; 503 if
@@ -135,21 +140,29 @@ class BodyBuffer:
             if victim is None:
                 raise RequestError(503, f"request bodies are over the server's limit of {self.limit} bytes held "
                                         "at once (--max-buffered-mb); retry shortly")
-            self.drop(victim, "the server holds too many unfinished uploads at once (--max-buffered-mb); this "
-                              "one, the oldest, was dropped: retry")
+            self.drop(victim, 503, "the server holds too many unfinished uploads at once (--max-buffered-mb); "
+                                   "this one, the oldest, was dropped: retry")
         self.used += size
         self._held[task] += size
 
-    def drop(self, task: asyncio.Task, reason: str) -> None:
+    def expire(self, now: float) -> None:
+        """Drop the uploads that have taken longer than the timeout (408)."""
+        for task, started in list(self._reading.items()):
+            if now - started < self.timeout_s:
+                break
+            self.drop(task, 408, f"the body did not arrive within {self.timeout_s:g} s (--body-timeout-s); "
+                                 "send it in one go")
+
+    def drop(self, task: asyncio.Task, status: int, reason: str) -> None:
         """End an unfinished upload: its bytes are freed now, its task cancelled with ``reason``."""
         self._reading.pop(task, None)
         self.used -= self._held.pop(task, 0)
-        self._dropped[task] = reason
+        self._dropped[task] = (status, reason)
         task.cancel()
 
-    def drop_all(self, reason: str) -> None:
+    def drop_all(self, status: int, reason: str) -> None:
         for task in list(self._reading):
-            self.drop(task, reason)
+            self.drop(task, status, reason)
 
     def read(self, task: asyncio.Task) -> None:
         """The body of ``task`` is complete: it is no longer dropped (its bytes stay held until :meth:`release`)."""
@@ -159,7 +172,7 @@ class BodyBuffer:
         self._reading.pop(task, None)
         self.used -= self._held.pop(task, 0)
 
-    def reason(self, task: asyncio.Task) -> Optional[str]:
+    def reason(self, task: asyncio.Task) -> Optional[tuple[int, str]]:
         """Why ``task`` was dropped (None: it was not; then its cancellation is not ours)."""
         return self._dropped.pop(task, None)
 
@@ -169,9 +182,9 @@ class PredictEndpoint:
 
     def __init__(self, service: ServingService) -> None:
         self.service = service
-        self.bodies = BodyBuffer(int(service.config.max_buffered_mb * 2**20))
-        self.timeout_s = service.config.body_timeout_s
+        self.bodies = BodyBuffer(int(service.config.max_buffered_mb * 2**20), service.config.body_timeout_s)
         self.draining = False
+        self._swept_loop: Optional[asyncio.AbstractEventLoop] = None  # the loop the sweep runs on
         self._decode_slots = asyncio.Semaphore(DECODE_THREADS)
         self._needs: dict[tuple[Optional[bytes], Optional[bytes]], Need] = {}
 
@@ -179,8 +192,13 @@ class PredictEndpoint:
         """A shutdown begins: drop the unfinished uploads now (503) and refuse new ones; the
         requests already read are still answered."""
         self.draining = True
-        self.bodies.drop_all(SHUTTING_DOWN)
+        self.bodies.drop_all(503, SHUTTING_DOWN)
         self.service.drain()
+
+    def _sweep(self) -> None:
+        """Drop the uploads over the body timeout, and come back in ``SWEEP_S``."""
+        self.bodies.expire(self.service.clock())
+        asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -245,19 +263,19 @@ class PredictEndpoint:
             raise RequestError(413, f"body of {declared.decode()} bytes is over the limit of {limit}")
         if self.draining:
             raise RequestError(503, SHUTTING_DOWN)
-        self.bodies.start(task)
+        loop = asyncio.get_running_loop()
+        if self._swept_loop is not loop:
+            self._swept_loop = loop
+            loop.call_later(SWEEP_S, self._sweep)
+        self.bodies.start(task, self.service.clock())
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await self._receive_all(receive, limit, task)
-        except TimeoutError:
-            raise RequestError(408, f"the body did not arrive within {self.timeout_s:g} s (--body-timeout-s); "
-                                    "send it in one go") from None
+            body = await self._receive_all(receive, limit, task)
         except asyncio.CancelledError:
-            reason = self.bodies.reason(task)
-            if reason is None:
+            dropped = self.bodies.reason(task)
+            if dropped is None:
                 raise
             task.uncancel()
-            raise RequestError(503, reason) from None
+            raise RequestError(*dropped) from None
         self.bodies.read(task)
         return body
 
