@@ -118,9 +118,9 @@ class NeedRates:
 class SloController:
     """Picks the subnet and size of each batch to keep ``quantile`` of latencies within ``target_ms``.
 
-    Call :meth:`note_arrivals` with the arrival times of new requests, :meth:`choose` before each
-    batch with the arrival times of all waiting requests (oldest first) and their :class:`Need`
-    (None: no header), and :meth:`observe` after it; a worker asks it for the size to run a
+    Call :meth:`note_arrivals` with the arrival times and needs of new requests, :meth:`choose`
+    before each batch with the arrival times of all waiting requests (oldest first) and their
+    :class:`Need` (None: no header), and :meth:`observe` after it; a worker asks it for the size to run a
     batch at (:meth:`run_size`) and how many requests to wait for (:meth:`fill_size`), and
     reports the server's CPU time (:meth:`observe_overhead`) and start-up measurements
     (:meth:`calibrate`). ``fixed`` pins one subnet (the baseline; any retained one; a request's
