@@ -69,7 +69,7 @@ def test_fit_budget_respects_every_budget_and_picks_the_most_accurate(bundle_pat
 def test_selection_ranks_by_holdout_accuracy_on_handmade_entries():
     net = tiny_supernet()
     sp = net.space
-    subnets = [sp.smallest(), pssnet.Subnet(16, (0.9,) * 9), sp.largest()]
+    subnets = [sp.smallest(), pssnet.Subnet(16, (0.9,) * sp.num_stages), sp.largest()]
     accs = [50.0, 70.0, 60.0]
     entries = [RetainedSubnet(s, ("x",), {"flops": pssnet.count_flops(net, s), "params": 1.0}, a, a - 1, i)
                for i, (s, a) in enumerate(zip(subnets, accs))]
@@ -190,7 +190,7 @@ def _handmade_adaptive() -> AdaptiveNet:
     torch.manual_seed(0)
     net = tiny_supernet()
     sp = net.space
-    subnets = [sp.smallest(), pssnet.Subnet(16, (0.9,) * 9), sp.largest()]
+    subnets = [sp.smallest(), pssnet.Subnet(16, (0.9,) * sp.num_stages), sp.largest()]
     entries = [RetainedSubnet(s, ("x",), {"flops": pssnet.count_flops(net, s)}, 50.0 + i, 50.0, i)
                for i, s in enumerate(subnets)]
     stats = {name: {"mean": torch.randn(3, bn.num_features), "var": torch.rand(3, bn.num_features) + 0.5}

@@ -13,10 +13,9 @@ import pssnet
 from pssnet import create_supernet, extract_subnet
 from pssnet.cli import main
 from pssnet.errors import UserError
-from pssnet.latency import (
-    FORMAT, LatencyTable, block_input_sizes, build_table, calibration_subnets, enumerate_configs,
-    subnet_keys,
-)
+from pssnet.latency import FORMAT, LatencyTable, block_input_sizes, build_table, enumerate_configs, subnet_keys
+from pssnet.latency.features import part_features
+from pssnet.latency.keys import layout_parts
 from pssnet.space import subnets_from_arrays
 from pssnet.timing import MeasureSettings
 
@@ -123,9 +122,15 @@ def test_tiny_table_is_measured_complete_and_saved(tiny_table):
     assert data["format"] == FORMAT and data["device"]["type"] == "cpu" and data["device"]["threads"] == 1
     assert data["batch"] == 1 and data["arch"] == "mobilenet_v2" and data["small_input"] is True
     assert data["device"]["torch"] == torch.__version__
-    # Prediction is the sum of the subnet's block entries plus the calibrated overhead.
+    assert data["method"] == "exhaustive" and data["correction"]["subnets"] == len(table.timings) >= 24
+    # Prediction: overhead + scale x the sum of the subnet's entries (+ the memory terms, if chosen).
     s = net.space.largest()
-    expected = sum(data["entries"][k] for k in subnet_keys(net.layout, s)) + data["overhead_ms"]
+    c = data["correction"]
+    channels, sizes = net.layout.group_channels(s.widths), block_input_sizes(net.layout, s.resolution)
+    features = [part_features(p, sizes[p.position], channels) for p in layout_parts(net.layout)]
+    expected = (data["overhead_ms"] + c["scale"] * sum(data["entries"][k] for k in subnet_keys(net.layout, s))
+                + c["weight_ms_per_mb"] * sum(f["weight_bytes"] for f in features) / 1e6
+                + c["act_ms_per_mb"] * sum(f["in_bytes"] + f["out_bytes"] for f in features) / 1e6)
     assert table.predict(net.layout, s) == pytest.approx(expected)
 
 
@@ -171,9 +176,8 @@ def test_build_resumes_after_interruption(tmp_path, monkeypatch):
     table = build_table(net, FAST, path, save_every=10, progress=False)
     configs = enumerate_configs(net.layout, net.space)
     assert table.complete and set(table.entries) == set(configs)
-    # Resumed: only the missing entries were measured (plus the overhead calibration subnets).
-    calibration = {s.key for s in calibration_subnets(net.space)}
-    assert set(measured) - calibration == set(configs) - set(partial.entries)
+    # Resumed: only the missing entries were measured (whole subnets are timed by time_in_context).
+    assert set(measured) == set(configs) - set(partial.entries)
     assert all(table.entries[k] == v for k, v in partial.entries.items())
 
     with pytest.raises(UserError, match="--force"):
@@ -228,7 +232,7 @@ def test_bad_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         LatencyTable.load(tmp_path / "junk.json")
     (tmp_path / "other.json").write_text(json.dumps({"format": "something/9"}))
-    with pytest.raises(UserError, match="not a pssnet-lut/1 table"):
+    with pytest.raises(UserError, match="not a pssnet-lut/2 table"):
         LatencyTable.load(tmp_path / "other.json")
     with pytest.raises(UserError):
         MeasureSettings(device="tpu")

@@ -27,7 +27,7 @@ COMMANDS = {("train",): TrainConfig, ("eval",): EvalCommand, ("export",): Export
             ("info",): InfoCommand, ("demo",): DemoCommand, ("serve",): ServeConfig,
             ("lut", "build"): LutBuildCommand, ("lut", "show"): LutShowCommand}
 # What a command takes that is an action, not a setting.
-ACTIONS = {("train",): {"--resume"}}
+ACTIONS = {("train",): {"--resume", "--accept-data-change"}}
 
 
 def command_parser(path: tuple[str, ...]) -> argparse.ArgumentParser:

@@ -215,6 +215,20 @@ def test_a_damaged_bundle_names_the_file_and_the_field(good_bundle, damage, fiel
     assert "\n" not in str(info.value)
 
 
+def test_a_bundle_of_the_retired_9_width_mobilenet_v2_says_so(good_bundle, tmp_path):
+    import copy
+
+    bundle = copy.deepcopy(good_bundle)  # as written before the final conv was fixed at 1280 channels:
+    del bundle["model_config"]["layout_version"]  # no layout version, and a 9th multiplier per subnet
+    for entry in bundle["subnets"]:
+        entry["subnet"]["widths"] = list(entry["subnet"]["widths"]) + [1.0]
+    path = tmp_path / "adaptive.pt"
+    save_bundle(bundle, path)
+    with pytest.raises(UserError, match="trained with the older 9-width MobileNetV2 space") as info:
+        AdaptiveNet.load(path)
+    assert "damaged" not in str(info.value) and "\n" not in str(info.value)
+
+
 # ---------------------------------------------------------------- latency tables
 
 

@@ -30,7 +30,7 @@ def test_conditional_draws_land_in_bucket(net):
 
 def test_params_map_and_extreme_targets_observed(net):
     # Uniform multipliers almost never reach the extreme buckets; the map must still see them.
-    c = Constraint.parse("params:1.3:2.2:0.05")
+    c = Constraint.parse("params:1.35:2.25:0.05")
     meter = ResourceMeter(net.layout)
     space_map = build_space_map(net.space, c, meter, samples=20_000, seed=3)
     lo = count_params(net, net.space.smallest()) / 1e6
@@ -44,7 +44,7 @@ def test_params_map_and_extreme_targets_observed(net):
 
 
 def test_unreachable_targets_named_once(net):
-    c = Constraint.parse("flops:5:30:5")  # space spans about 10.7..23.9 MFLOPs
+    c = Constraint.parse("flops:5:30:5")  # space spans about 11.0..23.9 MFLOPs
     space_map = build_space_map(net.space, c, ResourceMeter(net.layout), samples=5_000, seed=0)
     assert space_map.unreachable_targets == (5.0, 30.0)
     message = space_map.unreachable_message()
@@ -129,3 +129,25 @@ def test_uniform_buckets_count_uniform_draws_only(net):
             assert expected < THIN_BUCKET < space_map.observations[index]
         else:
             assert space_map.observations[index] == expected
+
+
+def test_a_cached_map_of_an_older_version_is_rebuilt_not_reused(net, tmp_path):
+    import json
+
+    from pssnet.sampling.space_map import MAP_VERSION
+
+    c = Constraint.parse("flops:11:24:1")
+    meter = ResourceMeter(net.layout)
+    first = build_space_map(net.space, c, meter, samples=3_000, seed=2, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = dict(stored)
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.asarray(json.dumps({**meta, "version": MAP_VERSION - 1}))
+    arrays["res_counts"] = np.zeros_like(arrays["res_counts"])  # what an older map would hold instead
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    again = build_space_map(net.space, c, meter, samples=3_000, seed=2, cache_dir=tmp_path)
+    assert np.array_equal(again.res_counts, first.res_counts) and again.res_counts.sum() > 0
+    with np.load(path, allow_pickle=False) as rewritten:
+        assert json.loads(str(rewritten["meta"]))["version"] == MAP_VERSION == 3

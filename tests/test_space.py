@@ -55,6 +55,35 @@ def test_largest_smallest_and_sampling_ranges():
     assert all(space.validate(x) for x in s)
 
 
+def _end_to_inner_ratio(counts: np.ndarray) -> float:
+    """Mean count of the two end values over the mean count of the inner ones."""
+    return float(counts[[0, -1]].mean() / counts[1:-1].mean())
+
+
+@pytest.mark.parametrize("draw", ["sample", "sample_arrays"])
+def test_resolution_and_width_laws_are_the_references(draw):
+    # The reference draws make_divisible(U(128, 224), 8) and float("{:.3f}".format(U(0.75, 1.0))):
+    # the two end values of each law cover half an interval, so they come up half as often.
+    space = SearchSpace(("a", "b", "c", "d"), 128, 224, 8)
+    if draw == "sample":
+        rng = random.Random(0)
+        subnets = [space.sample(rng) for _ in range(100_000)]
+        res = np.asarray([s.resolution for s in subnets])
+        widths = np.asarray([s.widths for s in subnets])
+    else:
+        res, widths = space.sample_arrays(100_000, np.random.default_rng(0))
+        again = space.sample_arrays(100_000, np.random.default_rng(0))
+        assert np.array_equal(res, again[0]) and np.array_equal(widths, again[1])  # seeded
+    res_counts = np.bincount((res - 128) // 8, minlength=13)
+    width_counts = np.bincount(np.rint(widths.ravel() * 1000).astype(int) - 750, minlength=251)
+    assert res_counts.size == 13 and width_counts.size == 251
+    # Standard errors: about 0.01 for the resolution ratio and 0.013 for the width ratio.
+    assert abs(_end_to_inner_ratio(res_counts) - 0.5) < 0.05
+    assert abs(_end_to_inner_ratio(width_counts) - 0.5) < 0.06
+    inner = res_counts[1:-1] / res_counts[1:-1].mean()
+    assert np.abs(inner - 1).max() < 0.05  # the inner resolutions stay even
+
+
 @pytest.mark.parametrize("bad, message", [
     (Subnet(130, (1.0, 1.0, 1.0)), "resolution 130"),
     (Subnet(128, (1.0, 1.0)), "has 2 widths"),

@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -93,14 +94,95 @@ def test_largest_subnet_is_torchvisions(arch):
         assert (reference(x) - static(x)).abs().max().item() <= tolerance
 
 
-def test_forward_resizes_to_the_subnet_resolution():
-    net = pssnet.create_supernet("mobilenet_v1", num_classes=3, in_chans=1, small_input=True).eval()
+def test_mobilenet_v2_keeps_its_final_conv_at_1280_channels_as_the_paper():
+    # The reference's last conv is a plain USConv2d(320, 1280): 8 searchable widths, and the
+    # smallest subnet at 128 px counts the paper's 69 MFLOPs (the reference's counter adds the
+    # average pool, 4 x 4 x 1280 = 0.02 M more). It is torchvision's mobilenet_v2(width_mult=0.75),
+    # whose last_channel stays 1280 below width 1.0.
+    torch.manual_seed(0)
+    net = pssnet.create_supernet("mobilenet_v2")
+    assert net.space.num_stages == 8 and "head" not in net.space.stage_names
+    smallest = net.space.smallest()
+    pool_macs = 4 * 4 * 1280
+    assert abs(pssnet.count_flops(net, smallest) + pool_macs / 1e6 - 69.2) <= 0.1
+    _randomize_bn(net)
+    narrow = Subnet(224, smallest.widths)
+    static = pssnet.extract_subnet(net, narrow).eval()
+    assert static.features[-1].body[0].conv.out_channels == static.classifier[1].in_features == 1280
+    reference = torchvision.models.mobilenet_v2(width_mult=0.75).eval()
+    assert sum(p.numel() for p in reference.parameters()) == pssnet.count_params(net, narrow)
+    reference.load_state_dict(_as_torchvision(net, static))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (reference(x) - static(x)).abs().max().item() <= 1e-5
+
+
+def test_pssnet_info_shows_8_widths_and_the_papers_smallest_mobilenet_v2(capsys):
+    from pssnet.cli import main
+
+    assert main(["info", "--arch", "mobilenet_v2"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mobilenet_v2: 8 width multipliers") and "head" not in text
+    assert main(["info", "--arch", "mobilenet_v2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert list(info["channel_choices"]) == ["stem"] + [f"stage{i}" for i in range(1, 8)]
+    assert info["smallest"]["subnet"]["resolution"] == 128 and abs(info["smallest"]["flops_m"] - 69.2) <= 0.1
+    assert info["largest"]["params"] == 3_504_872 and info["largest"]["flops_m"] == pytest.approx(300.77, abs=0.01)
+
+
+def test_mobilenet_v1_uses_relu6_everywhere():
+    net = pssnet.create_supernet("mobilenet_v1")
+    acts = [m for m in net.features.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))]
+    assert len(acts) == 1 + 2 * 13 and all(isinstance(m, torch.nn.ReLU6) for m in acts)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_initialisation_is_the_references(arch):
+    # reset_parameters of the reference's models: conv N(0, sqrt(2 / (k * k * out))), BN weight 1
+    # and bias 0, classifier N(0, 0.01) with bias 0.
+    torch.manual_seed(0)
+    net = pssnet.create_supernet(arch)
+    linear = net.classifier[1]
+    assert torch.count_nonzero(linear.bias) == 0
+    assert abs(linear.weight.std().item() - 0.01) < 0.0005 and abs(linear.weight.mean().item()) < 0.0005
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 20_000:
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            assert abs(m.weight.std().item() / (2 / n) ** 0.5 - 1) < 0.05
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+@pytest.mark.parametrize("arch, retired", [("mobilenet_v2", "older 9-width MobileNetV2 space"),
+                                           ("mobilenet_v1", "ReLU activations")])
+def test_a_model_config_of_a_retired_layout_is_refused_in_one_line(arch, retired):
+    stored = pssnet.create_supernet(arch, num_classes=10, in_chans=1, small_input=True).config.to_dict()
+    assert stored["layout_version"] == 2
+    del stored["layout_version"]  # written before layout versions: version 1
+    for data in (stored, {**stored, "layout_version": 1}):
+        with pytest.raises(pssnet.errors.UserError, match=retired) as info:
+            pssnet.SupernetConfig.from_dict(data)
+        assert "\\n" not in str(info.value) and "train it again" in str(info.value)
+    with pytest.raises(pssnet.errors.UserError, match="layout_version"):
+        pssnet.SupernetConfig.from_dict({**stored, "layout_version": 3})
+    resnet = pssnet.create_supernet("resnet50", num_classes=10, small_input=True).config.to_dict()
+    del resnet["layout_version"]  # ResNet-50's layout is unchanged: version 1 is current
+    assert pssnet.SupernetConfig.from_dict(resnet).layout_version == 1
+
+
+def test_forward_resizes_to_the_subnet_resolution_as_the_reference():
+    # Bilinear with align_corners=True (the reference's models/*.py); training-mode BN keeps the
+    # logits away from zero, so that another resize would show.
+    net = pssnet.create_supernet("mobilenet_v1", num_classes=3, in_chans=1, small_input=True).train()
     subnet = Subnet(24, net.space.largest().widths)
     net.set_subnet(subnet)
-    x = torch.randn(1, 1, 28, 28)
-    resized = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)
+    x = torch.randn(4, 1, 28, 28)
+    resize = torch.nn.functional.interpolate
     with torch.no_grad():
-        assert torch.equal(net(x), net(resized))
+        out = net(x)
+        assert torch.equal(out, net(resize(x, size=(24, 24), mode="bilinear", align_corners=True)))
+        assert not torch.allclose(out, net(resize(x, size=(24, 24), mode="bilinear", align_corners=False)))
+        assert torch.equal(pssnet.extract_subnet(net, subnet)(x), out)
 
 
 def test_set_subnet_validates_and_is_cheap():
@@ -108,7 +190,7 @@ def test_set_subnet_validates_and_is_cheap():
     with pytest.raises(ValueError, match="resolution 30"):
         net.set_subnet(Subnet(30, net.space.largest().widths))
     with pytest.raises(ValueError, match="stage 'stage3'"):
-        net.set_subnet(Subnet(32, (1.0, 1.0, 1.0, 0.2, 1.0, 1.0, 1.0, 1.0, 1.0)))
+        net.set_subnet(Subnet(32, (1.0, 1.0, 1.0, 0.2, 1.0, 1.0, 1.0, 1.0)))
     s = net.space.sample(random.Random(0))
     net.set_subnet(s)
     assert net.active_subnet == s and net.state.resolution == s.resolution
@@ -149,7 +231,7 @@ def test_supernet_config_gives_the_stored_model_config_unchanged():
     # The dict checkpoints and bundles have always stored (resolved resolutions, lists, plain types).
     net = pssnet.create_supernet("mobilenet_v1", 5, 2, False, (16, 24.0, 8), (1, 1.25), 0.3)
     stored = {"arch": "mobilenet_v1", "num_classes": 5, "in_chans": 2, "small_input": False,
-              "resolutions": [16, 24, 8], "width_range": [1.0, 1.25], "dropout": 0.3}
+              "resolutions": [16, 24, 8], "width_range": [1.0, 1.25], "dropout": 0.3, "layout_version": 2}
     assert net.config.to_dict() == stored
     assert [type(v) for v in net.config.to_dict().values()] == [type(v) for v in stored.values()]
     assert pssnet.SupernetConfig.from_dict(stored) == net.config
@@ -181,7 +263,7 @@ def test_supernet_config_from_dict_refuses_unknown_and_missing_keys(change, mess
 
 
 def test_a_model_config_written_before_dropout_loads_with_none():
-    stored = pssnet.create_supernet("mobilenet_v2", num_classes=10, in_chans=1, small_input=True).config.to_dict()
+    stored = pssnet.create_supernet("resnet50", num_classes=10, in_chans=1, small_input=True).config.to_dict()
     del stored["dropout"]
     assert pssnet.SupernetConfig.from_dict(stored).dropout == 0.0
 

@@ -41,7 +41,7 @@ def test_every_field_has_help_and_a_flag_or_says_it_has_none():
         assert opt.meta.get("help"), opt.path
         assert "flag" in opt.meta or opt.flag == "--" + opt.path[-1].replace("_", "-"), opt.path
     no_flag = {opt.path for opt in declared_options(TrainConfig) if opt.flag is None}
-    assert no_flag == {("width_range",), ("dist_timeout_minutes",), ("recipe", "lr_per_1024")}
+    assert no_flag == {("width_range",), ("batch_is_global",), ("dist_timeout_minutes",), ("recipe", "lr_per_1024")}
 
 
 def test_every_flag_of_before_exists_and_each_has_help():
@@ -65,6 +65,7 @@ ROUND_TRIP = [
     (["--resolutions", "16:24:8"], ("resolutions",), [16, 24, 8]),
     (["--epochs", "7"], ("epochs",), 7),
     (["--batch-size", "9"], ("batch_size",), 9),
+    (["--batch-size", "9"], ("batch_is_global",), False),  # a preset's batch is global, an explicit one per process
     (["--max-iters", "11"], ("max_iters",), 11),
     (["--seed", "4"], ("seed",), 4),
     (["--holdout", "0"], ("holdout",), 0),
@@ -195,3 +196,37 @@ def test_train_state_holds_what_a_checkpoint_holds():
     other.load_state_dict(saved)
     assert other.iteration == 1 and other.sequence == state.sequence and len(other.sequence) == 32
     assert all(torch.equal(v, other.net.state_dict()[k]) for k, v in net.state_dict().items())
+
+
+def test_a_presets_batch_is_global_and_an_explicit_one_per_process():
+    config = _config("--preset", "mbv2-flops")
+    assert config.batch_is_global and config.batch_size == 1024
+    assert [config.process_batch(w) for w in (1, 2, 8)] == [1024, 512, 128]
+    assert {config.global_batch(w) for w in (1, 2, 8)} == {1024}
+    explicit = _config("--preset", "mbv2-flops", "--batch-size", "64")
+    assert not explicit.batch_is_global
+    assert (explicit.process_batch(8), explicit.global_batch(8)) == (64, 512)
+    assert not TrainConfig().batch_is_global  # the API's default: per process, as before
+
+
+def test_a_global_batch_that_does_not_split_names_the_nearest_that_do():
+    config = _config("--preset", "mbv2-flops")
+    with pytest.raises(UserError) as info:
+        config.process_batch(3)
+    message = str(info.value)
+    assert "preset mbv2-flops's global batch 1024 does not split evenly over 3 processes" in message
+    assert "1023 (--batch-size 341 per process) or 1026 (--batch-size 342 per process)" in message
+    assert "\n" not in message
+    config.batch_size = 2
+    with pytest.raises(UserError, match=r"the nearest that does: 3 \(--batch-size 1 per process\)"):
+        config.process_batch(3)
+
+
+def test_run_summary_says_the_batches_and_the_grid():
+    from pssnet.constraints import Constraint
+    from pssnet.training.config import run_summary
+
+    config = _config("--preset", "mbv2-flops")
+    line = run_summary(config, 8, 0.3, [Constraint.parse("flops:80:290:10")])
+    assert line == ("training mobilenet_v2 (preset mbv2-flops) with pss: batch 128 per process x 8 processes = "
+                    "global batch 1024, lr 0.3; flops:80:290:10 (22 targets)")

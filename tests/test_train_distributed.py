@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 
 from pssnet.training import load_run
 from pssnet.training.distributed import digest
@@ -98,3 +99,34 @@ def test_ctrl_c_under_torchrun_checkpoints_and_the_named_command_resumes(tmp_pat
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1] == {"event": "done", "iteration": 24} and (out / "final.pt").exists()
     assert [r["iteration"] for r in rows if "loss_largest" in r] == list(range(2, 25, 2))  # one log, no gap
+
+
+def test_a_presets_batch_is_the_same_global_batch_at_world_size_1_and_2(tmp_path):
+    """A preset's batch is split over the processes: the same global batch, lr, schedule and
+    subnets at 1 and 2 ranks, and the run line says both batches; the run resumes."""
+    args = ["train", "--preset", "mini-mbv2", "--max-iters", "2", "--threads", "1", "--map-samples", "5000",
+            "--map-cache", str(tmp_path / "maps"), "--no-progress"]
+    runs = {1: tmp_path / "one", 2: tmp_path / "two"}
+    resolved, checkpoints = {}, {}
+    for world, out in runs.items():
+        launcher = [sys.executable, "-m", "pssnet"] if world == 1 else [*TORCHRUN, "-m", "pssnet"]
+        proc = subprocess.run([*launcher, *args, "--out", str(out)], env=_env(), capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        processes = "1 process" if world == 1 else "2 processes"
+        assert f"batch {64 // world} per process x {processes} = global batch 64" in proc.stdout
+        assert "flops:11:24:1 (14 targets)" in proc.stdout
+        resolved[world] = json.loads((out / "config.json").read_text())["resolved"]
+        checkpoints[world] = torch.load(out / "checkpoints" / "ckpt-000000002.pt", weights_only=True)
+        assert (resolved[world]["batch_per_process"], resolved[world]["global_batch"]) == (64 // world, 64)
+        assert (checkpoints[world]["world_size"], checkpoints[world]["global_batch"]) == (world, 64)
+    for key in ("lr", "iterations_per_epoch", "iterations"):
+        assert resolved[1][key] == resolved[2][key], key
+    assert checkpoints[1]["sequence"] == checkpoints[2]["sequence"]  # the same subnets, iteration by iteration
+
+    resumed = subprocess.run([sys.executable, "-m", "pssnet", "train", "--out", str(runs[1]), "--resume",
+                              "--max-iters", "3", "--no-progress"], env=_env(), capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "batch 64 per process x 1 process = global batch 64" in resumed.stdout
+    assert torch.load(runs[1] / "final.pt", weights_only=True)["iterations"] == 3

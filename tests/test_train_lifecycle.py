@@ -72,7 +72,8 @@ def test_unreadable_newest_checkpoint_is_set_aside(tmp_path, capsys):
     (out / "final.pt").unlink()
     (out / "checkpoints" / "ckpt-000000009.pt").write_bytes(b"truncated")
     assert _resume(out, "--max-iters", "5") == 0
-    assert "set aside the unreadable checkpoint" in capsys.readouterr().err
+    assert "ckpt-000000009.pt: unreadable (truncated or not a pssnet checkpoint); renamed to " \
+           "ckpt-000000009.pt.damaged" in capsys.readouterr().err
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["ckpt-000000005.pt", "ckpt-000000009.pt.damaged"]  # keep=1 kept the new one
 
@@ -155,6 +156,23 @@ def test_resume_with_another_world_size_says_how(tmp_path, capsys):
     assert _resume(out) == 2
     err = capsys.readouterr().err.strip()
     assert "2 process(es) x batch 8" in err and "torchrun --nproc_per_node 2" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_of_the_retired_9_width_mobilenet_v2_is_refused_by_resume_and_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--max-iters", "2") == 0
+    # As written before layout versions, when MobileNetV2's final conv was the 9th searchable width.
+    for path in [out / "final.pt", *(out / "checkpoints").glob("ckpt-*.pt")]:
+        saved = torch.load(path, weights_only=True)
+        del saved["model_config"]["layout_version"]
+        torch.save(saved, path)
+    capsys.readouterr()
+    assert _resume(out, "--max-iters", "3") == 2
+    assert main(["eval", str(out), "--top-k", "1", "--calib-batches", "1"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert all("trained with the older 9-width MobileNetV2 space" in line and "train it again" in line
+               for line in errors)
 
 
 def _idx_copy_of_mini(root, change_a_label=False):

@@ -7,6 +7,7 @@ that ``pssnet.count_flops(net, s)`` keeps working as documented; each also takes
 
 from __future__ import annotations
 
+import reprlib
 from typing import Optional, Union
 
 import numpy as np
@@ -14,8 +15,8 @@ import numpy as np
 from . import resources
 from .layout import Layout
 from .layout import canonicalize as canonicalize_layout
-from .space import SearchSpace, Subnet
-from .supernet import Supernet
+from .space import SearchSpace, SpaceError, Subnet
+from .supernet import Supernet, SubnetTypeError
 
 NetOrLayout = Union[Supernet, Layout]
 
@@ -38,19 +39,37 @@ def canonicalize(net: NetOrLayout, subnet: Subnet, space: Optional[SearchSpace] 
     return canonicalize_layout(_layout(net), subnet, space)
 
 
-def count_macs(net: NetOrLayout, subnet: Subnet) -> int:
-    """Exact multiply-accumulates of one subnet."""
-    return resources.count_macs(_layout(net), subnet)
+def _member(net: NetOrLayout, subnet: Subnet, space: Optional[SearchSpace]) -> Layout:
+    """The layout to count ``subnet`` on, once ``subnet`` is known to be a member of the space (a
+    supernet's own, or ``space``): a subnet outside it (a width of 3.0) raises
+    :class:`~pssnet.space.SpaceError`, as :func:`canonicalize` does, rather than count a network
+    the supernet does not hold. A Layout without a space can check the number of widths only."""
+    layout = _layout(net)
+    space = space if space is not None else getattr(net, "space", None)
+    if not isinstance(subnet, Subnet):
+        raise SubnetTypeError(f"expected a Subnet, got {type(subnet).__name__} {reprlib.repr(subnet)}; pass "
+                              "Subnet(resolution, widths) or Subnet.from_dict(...)")
+    if space is not None:
+        space.validate(subnet)
+    elif len(subnet.widths) != len(layout.base_channels):
+        raise SpaceError(f"subnet has {len(subnet.widths)} widths but {layout.name} has "
+                         f"{len(layout.base_channels)} width multipliers")
+    return layout
 
 
-def count_flops(net: NetOrLayout, subnet: Subnet) -> float:
+def count_macs(net: NetOrLayout, subnet: Subnet, space: Optional[SearchSpace] = None) -> int:
+    """Exact multiply-accumulates of one subnet (of the space of ``net``, or ``space``)."""
+    return resources.count_macs(_member(net, subnet, space), subnet)
+
+
+def count_flops(net: NetOrLayout, subnet: Subnet, space: Optional[SearchSpace] = None) -> float:
     """FLOPs of one subnet, in millions of multiply-accumulates (the paper's convention)."""
-    return resources.count_flops(_layout(net), subnet)
+    return resources.count_flops(_member(net, subnet, space), subnet)
 
 
-def count_params(net: NetOrLayout, subnet: Subnet) -> int:
+def count_params(net: NetOrLayout, subnet: Subnet, space: Optional[SearchSpace] = None) -> int:
     """Trainable parameters of one subnet (conv, BatchNorm affine, classifier)."""
-    return resources.count_params(_layout(net), subnet)
+    return resources.count_params(_member(net, subnet, space), subnet)
 
 
 def count_arrays(net: NetOrLayout, resolutions: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

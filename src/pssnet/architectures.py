@@ -3,9 +3,10 @@
 Searchable widths (one multiplier each, in this order):
 
 - ``mobilenet_v1`` (14): the stem and each of the 13 depthwise-separable blocks (its output).
-- ``mobilenet_v2`` (9): the stem, the seven inverted-residual stages (all blocks of a stage
-  share the output width), the final 1x1 conv. A block's expansion width is 6x its actual
-  input width.
+- ``mobilenet_v2`` (8): the stem and the seven inverted-residual stages (all blocks of a stage
+  share the output width). A block's expansion width is 6x its actual input width. The final
+  1x1 conv keeps 1280 channels in every subnet, as in the reference (and torchvision below
+  width 1.0).
 - ``resnet50`` (9): the stem, then for each of the four stages the bottleneck output width
   (shared by the stage because of the residual adds) and the bottleneck mid width
   (``layer1_mid``, ``layer1_out``, ...).
@@ -42,6 +43,7 @@ MOBILENET_V2_STAGES = (
     (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
     (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
 )
+MOBILENET_V2_LAST_CHANNEL = 1280  # the final 1x1 conv's channels, the same in every subnet
 
 # (mid channels, out channels, blocks, stride) of ResNet-50's four bottleneck stages.
 RESNET50_STAGES = ((64, 256, 3, 1), (128, 512, 4, 2), (256, 1024, 6, 2), (512, 2048, 3, 2))
@@ -52,12 +54,13 @@ def _conv_block(c_in: Width, c_out: Width, kernel: int, stride: int, act: str) -
 
 
 def mobilenet_v1_layout(num_classes: int, in_chans: int, small_input: bool) -> Layout:
-    blocks = [_conv_block(Width.constant(in_chans), Width(0), 3, 1 if small_input else 2, "relu")]
+    # ReLU6 after every conv, as the reference's models/mobilenet_v1.py.
+    blocks = [_conv_block(Width.constant(in_chans), Width(0), 3, 1 if small_input else 2, "relu6")]
     for group, (_, stride) in enumerate(MOBILENET_V1_BLOCKS, start=1):
         prev = Width(group - 1)
         blocks.append(BlockSpec("dwsep", (
-            ConvSpec(prev, prev, 3, stride, depthwise=True),
-            ConvSpec(prev, Width(group), 1),
+            ConvSpec(prev, prev, 3, stride, depthwise=True, act="relu6"),
+            ConvSpec(prev, Width(group), 1, act="relu6"),
         )))
     return Layout(
         name="mobilenet_v1",
@@ -82,20 +85,21 @@ def _inverted_residual(c_in: Width, c_out: Width, expansion: int, stride: int) -
 
 
 def mobilenet_v2_layout(num_classes: int, in_chans: int, small_input: bool) -> Layout:
-    head = len(MOBILENET_V2_STAGES) + 1
     blocks = [_conv_block(Width.constant(in_chans), Width(0), 3, 1 if small_input else 2, "relu6")]
     prev = Width(0)
     for group, (expansion, _, repeats, stride) in enumerate(MOBILENET_V2_STAGES, start=1):
         for i in range(repeats):
             blocks.append(_inverted_residual(prev, Width(group), expansion, stride if i == 0 else 1))
             prev = Width(group)
-    blocks.append(_conv_block(prev, Width(head), 1, 1, "relu6"))
+    # The final 1x1 conv is a plain conv (reference: USConv2d(320, 1280) without a layer id).
+    head = Width.constant(MOBILENET_V2_LAST_CHANNEL)
+    blocks.append(_conv_block(prev, head, 1, 1, "relu6"))
     return Layout(
         name="mobilenet_v2",
-        group_names=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
-        base_channels=(32,) + tuple(c for _, c, _, _ in MOBILENET_V2_STAGES) + (1280,),
+        group_names=("stem",) + tuple(f"stage{i}" for i in range(1, 8)),
+        base_channels=(32,) + tuple(c for _, c, _, _ in MOBILENET_V2_STAGES),
         blocks=tuple(blocks),
-        classifier_in=Width(head),
+        classifier_in=head,
         num_classes=num_classes,
         in_chans=in_chans,
     )
@@ -139,16 +143,30 @@ def resnet50_layout(num_classes: int, in_chans: int, small_input: bool) -> Layou
 
 @dataclass(frozen=True)
 class ArchInfo:
-    """How to lay out an architecture, and its default resolution ranges (min, max, step)."""
+    """How to lay out an architecture, its default resolution ranges (min, max, step), and what
+    its earlier layouts were.
+
+    ``retired_layouts[i]`` says what layout version ``i + 1`` was; the current version is the
+    next one. Stored model_configs record their version, so that weights trained for a retired
+    layout are refused in one line instead of running in a network they were not trained for.
+    """
 
     layout: Callable[[int, int, bool], Layout]
     imagenet_resolutions: tuple[int, int, int] = (128, 224, 8)
     small_resolutions: tuple[int, int, int] = (24, 32, 4)
+    retired_layouts: tuple[str, ...] = ()
+
+    @property
+    def layout_version(self) -> int:
+        return len(self.retired_layouts) + 1
 
 
 ARCHITECTURES: Mapping[str, ArchInfo] = MappingProxyType({
-    "mobilenet_v1": ArchInfo(mobilenet_v1_layout),
-    "mobilenet_v2": ArchInfo(mobilenet_v2_layout),
+    "mobilenet_v1": ArchInfo(mobilenet_v1_layout, retired_layouts=(
+        "the older MobileNetV1 with ReLU activations (now ReLU6, as in the reference)",)),
+    "mobilenet_v2": ArchInfo(mobilenet_v2_layout, retired_layouts=(
+        "the older 9-width MobileNetV2 space (a searchable final 1x1 conv of 960 to 1280 channels; "
+        "now fixed at 1280 as in the paper, leaving 8 widths)",)),
     "resnet50": ArchInfo(resnet50_layout),
 })
 

@@ -8,6 +8,7 @@ cumulative average over a few batches (``momentum=None``), with the weights unto
 from __future__ import annotations
 
 import itertools
+import numbers
 from typing import Iterable, Optional
 
 import torch
@@ -19,6 +20,18 @@ from .errors import UserError
 
 class BatchTypeError(UserError, TypeError):
     """A calibration batch of the wrong type: the caller's mistake, still a ``TypeError``."""
+
+
+class BatchCountError(UserError, ValueError):
+    """A number of calibration batches that is not a whole number >= 1: still a ``ValueError``."""
+
+
+def _check_count(num_batches: Optional[int]) -> None:
+    if num_batches is None:
+        return
+    if isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral) or num_batches < 1:
+        raise BatchCountError(f"recalibrate_bn: num_batches must be a whole number >= 1 (or None: every batch), "
+                              f"got {num_batches!r}")
 
 
 def _images_of(batch) -> torch.Tensor:
@@ -44,8 +57,10 @@ def recalibrate_bn(
     ``batches`` yields tensors or ``(inputs, labels)`` pairs (a ``DataLoader`` works); at most
     ``num_batches`` are used. For a :class:`~pssnet.Supernet`, the statistics are those of its
     active subnet. Each module's train/eval mode and each BatchNorm's momentum are restored;
-    only the running statistics change. Returns ``net``.
+    only the running statistics change. Returns ``net``. A ``num_batches`` below 1 raises
+    :class:`BatchCountError` before anything changes.
     """
+    _check_count(num_batches)
     norms = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return net
@@ -59,7 +74,7 @@ def recalibrate_bn(
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the calibration batches
         net.train()
-        source = batches if num_batches is None else itertools.islice(batches, num_batches)
+        source = batches if num_batches is None else itertools.islice(batches, int(num_batches))
         for batch in source:
             net(_images_of(batch).to(device, non_blocking=True))
             seen += 1

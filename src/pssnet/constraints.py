@@ -128,8 +128,7 @@ def auto_constraint(kind: str, meter: ResourceMeter, space: SearchSpace, count: 
     end targets, as the reference trains its grids: the sandwich rule already trains the smallest
     and largest subnets every step, so pools next to them would spend samples on near-copies.
     """
-    # Sorted: a noisy latency table can predict the smallest subnet slower than the largest.
-    lo, hi = sorted((meter.measure(kind, space.smallest()), meter.measure(kind, space.largest())))
+    lo, hi = space_span(kind, meter, space)
     raw = max((hi - lo) / max(count - 1, 1), 1e-6)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10 * magnitude)
@@ -164,10 +163,33 @@ def _parse_auto(text: str, meter: ResourceMeter | None, space: SearchSpace | Non
     return auto_constraint(kind, meter, space, count, interior=AUTO_MODES[mode])
 
 
+def space_span(kind: str, meter: ResourceMeter, space: SearchSpace) -> tuple[float, float]:
+    """The range of ``kind`` over ``space``: the smallest and the largest subnet's values (sorted:
+    a noisy latency table can predict the smallest subnet slower than the largest)."""
+    lo, hi = sorted((meter.measure(kind, space.smallest()), meter.measure(kind, space.largest())))
+    return lo, hi
+
+
+def check_reachable(constraints: Sequence[Constraint], meter: ResourceMeter, space: SearchSpace) -> None:
+    """Refuse budgets that no subnet of ``space`` can meet: when no constraint has a target
+    between the buckets of the smallest and the largest subnet, there is nothing to train for.
+    (One constraint out of range beside others only loses its pools, with a warning.)"""
+    outside = []
+    for c in constraints:
+        lo, hi = space_span(c.kind, meter, space)
+        if c.start <= c.bucket_of(hi) and c.stop >= c.bucket_of(lo):
+            return
+        outside.append(f"{c.text} (the subnets span {lo:.4g}..{hi:.4g} {c.unit})")
+    if outside:
+        raise UserError(f"no budget target can be reached by this search space: {'; '.join(outside)}; "
+                        "choose targets inside that range, or TYPE:auto")
+
+
 def parse_constraints(texts: Sequence[str], meter: ResourceMeter | None = None,
                       space: SearchSpace | None = None) -> list[Constraint]:
     """Parse ``TYPE:START:STOP:STEP``, ``TYPE:auto[:COUNT]`` or ``TYPE:interior[:COUNT]`` texts;
-    one constraint per kind."""
+    one constraint per kind. Given a ``meter`` and a ``space``, grids that no subnet reaches are
+    refused (:func:`check_reachable`)."""
     constraints = []
     for text in texts:
         parts = text.strip().split(":")
@@ -179,4 +201,6 @@ def parse_constraints(texts: Sequence[str], meter: ResourceMeter | None = None,
     duplicates = sorted({k for k in kinds if kinds.count(k) > 1})
     if duplicates:
         raise UserError(f"constraint type {', '.join(duplicates)} given more than once; give one range per type")
+    if meter is not None and space is not None:
+        check_reachable(constraints, meter, space)
     return constraints

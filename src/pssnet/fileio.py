@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -130,9 +131,10 @@ def output_dir(path: PathLike | None, flag: str = "--out") -> Path:
     if path is None or not str(path):
         raise UserError(f"no output directory given; pass {flag} DIR")
     path = Path(path)
+    _check_text_path(path, flag)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a directory; choose a directory")
-    _check_writable_location(path, flag, "a directory")
+    _check_writable_location(path, flag, "a directory", path)
     return path
 
 
@@ -140,21 +142,63 @@ def output_file(path: PathLike, flag: str = "-o") -> Path:
     """``path`` as a file to write, or a :class:`UserError` naming ``flag`` when it is a
     directory, lies under a file, or its directory cannot be written."""
     path = Path(path)
+    _check_text_path(path, flag)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name (e.g. one inside it)")
-    _check_writable_location(path.parent, flag, "a file")
+    _check_writable_location(path.parent, flag, "a file", path)
     return path
 
 
-def _check_writable_location(path: Path, flag: str, what: str) -> None:
-    """The nearest existing directory at or above ``path`` must be a writable directory."""
+def _check_text_path(path: Path, flag: str) -> None:
+    """Refuse an output path that is not UTF-8 (on POSIX any bytes but ``/`` and NUL may name a
+    file): pssnet writes its output paths into logs, reports, TensorBoard and bundles, all text,
+    and the run's files would fail to write there part-way. Refused before anything is created."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = repr(os.fsencode(path))[2:-1]  # the bytes as escapes, e.g. bad\xffname
+        raise UserError(f"{flag} {shown}: the path is not UTF-8 text; choose a path whose names are "
+                        "UTF-8") from None
+
+
+def _nearest_existing(path: Path, flag: str, named: Path) -> Path:
+    """The nearest path at or above ``path`` that exists; a symbolic-link loop on the way is a
+    :class:`UserError` (``Path.exists`` reports a loop as missing, and ``mkdir`` then fails)."""
     existing = path.absolute()
-    while not existing.exists() and existing != existing.parent:
+    while existing != existing.parent:
+        try:
+            os.stat(existing)
+            return existing
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UserError(f"{flag} {named}: {_loop_link(existing)} is a loop of symbolic links; "
+                                "fix the link or choose another path") from None
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
         existing = existing.parent
+    return existing
+
+
+def _loop_link(path: Path) -> Path:
+    """The shortest prefix of ``path`` (which fails with ``ELOOP``) that fails so: the link in a loop."""
+    for prefix in reversed(path.parents):
+        if prefix != prefix.parent:
+            try:
+                os.stat(prefix)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return prefix
+    return path
+
+
+def _check_writable_location(directory: Path, flag: str, what: str, named: Path) -> None:
+    """The nearest existing directory at or above ``directory`` must be a writable directory; the
+    messages name ``named``, the path the user gave."""
+    existing = _nearest_existing(directory, flag, named)
     if not existing.is_dir():
-        raise UserError(f"{flag} {path} is under the file {existing}, not a directory; choose {what} elsewhere")
+        raise UserError(f"{flag} {named} is under the file {existing}, not a directory; choose {what} elsewhere")
     if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only or immutable file system
-        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied or read-only); "
+        raise UserError(f"{flag} {named}: cannot write in {existing} (permission denied or read-only); "
                         f"choose {what} elsewhere")
 
 
@@ -170,7 +214,11 @@ def load_weights_only(path: PathLike, what: str, hint: str) -> Any:
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A refused pickle (protocol 4 or 5) first draws torch's two-line UserWarning about
+            # the protocol; the one-line error below says all the user needs to know.
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated file, or not a weights_only-safe file
         raise UserError(f"cannot read {what} '{path}' ({type(exc).__name__}); {hint}") from None
 

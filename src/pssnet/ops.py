@@ -127,6 +127,12 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
 class SlimLinear(nn.Linear):
     """Linear layer whose input features are sliced to the active channels."""
 
+    def reset_parameters(self) -> None:
+        # The reference's classifier initialisation: weights N(0, 0.01), bias 0.
+        nn.init.normal_(self.weight, 0.0, 0.01)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         w = self.weight if c == self.in_features else self.weight[:, :c]

@@ -7,6 +7,7 @@ evaluate or unpickle anything to know which subnet they hold.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -126,16 +127,24 @@ class SearchSpace:
         return Subnet(self.resolutions[0], (self.min_width,) * self.num_stages)
 
     def sample(self, rng: random.Random) -> Subnet:
-        """A subnet with resolution and every multiplier drawn uniformly."""
+        """A subnet drawn as the reference draws one (see :meth:`sample_arrays`)."""
         lo, hi = self._width_steps()
-        widths = tuple(rng.randint(lo, hi) / WIDTH_SCALE for _ in self.stage_names)
-        return Subnet(rng.choice(self.resolutions), widths)
+        widths = tuple(round(rng.uniform(lo, hi)) / WIDTH_SCALE for _ in self.stage_names)
+        index = math.floor(rng.uniform(0, len(self.resolutions) - 1) + 0.5)
+        return Subnet(self.resolutions[index], widths)
 
     def sample_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` uniform subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``."""
+        """``n`` random subnets as arrays: resolutions ``[n]`` and multipliers ``[n, stages]``.
+
+        The reference's law (``utils/subnet_sampler.py``): a resolution is a uniform real in
+        [min, max] rounded to the nearest step (``make_divisible(U(128, 224), 8)``), a multiplier
+        a uniform real rounded to 3 decimals. Each end value covers half an interval, so it comes
+        up half as often as an inner one.
+        """
         lo, hi = self._width_steps()
-        res = rng.choice(np.asarray(self.resolutions, dtype=np.int64), size=n)
-        widths = rng.integers(lo, hi + 1, size=(n, self.num_stages)) / WIDTH_SCALE
+        index = np.floor(rng.uniform(0, len(self.resolutions) - 1, size=n) + 0.5).astype(np.int64)
+        res = np.asarray(self.resolutions, dtype=np.int64)[index]
+        widths = np.rint(rng.uniform(lo, hi, size=(n, self.num_stages))) / WIDTH_SCALE
         return res, widths
 
     def sample_spread_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

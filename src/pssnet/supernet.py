@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import reprlib
 from collections import OrderedDict
 from typing import Any, Optional
 
@@ -12,8 +13,13 @@ from torch import nn
 
 from .layout import BlockSpec, ConvSpec
 from .ops import ActiveState, SlimBatchNorm2d, SlimConv2d, SlimLinear, activation
+from .errors import UserError
 from .space import Subnet
 from .supernet_config import SupernetConfig
+
+
+class SubnetTypeError(UserError, TypeError):
+    """Something other than a :class:`~pssnet.space.Subnet` where one is needed: still a ``TypeError``."""
 
 
 class ConvBNAct(nn.Module):
@@ -61,9 +67,10 @@ class Block(nn.Module):
 
 
 def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    # Bilinear with align_corners=True, as the reference resizes to the active resolution.
     if x.shape[-2] == resolution and x.shape[-1] == resolution:
         return x
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=True)
 
 
 class StaticSubnet(nn.Module):
@@ -107,6 +114,10 @@ class Supernet(nn.Module):
 
     def set_subnet(self, subnet: Subnet) -> None:
         """Activate ``subnet`` (validated against the space). Cheap: no module traversal."""
+        if not isinstance(subnet, Subnet):  # e.g. a key "r24-1.000-...", which would fail obscurely below
+            raise SubnetTypeError(f"set_subnet takes a Subnet, got {type(subnet).__name__} "
+                                  f"{reprlib.repr(subnet)}; pass Subnet(resolution, widths) or Subnet.from_dict(...) "
+                                  "(a bundle's or pool's entries hold Subnets)")
         channels = self._channels_cache.get(subnet.widths)
         if channels is None:
             self.space.validate(subnet)

@@ -14,12 +14,33 @@ from typing import Any, Mapping, Optional
 
 from . import schema
 from .architectures import arch_info
+from .errors import UserError
 from .layout import Layout
 from .schema import FieldError
 from .space import SearchSpace
 
 # Stored model_configs written before classifier dropout existed lack its key; it defaults to 0.
-_OPTIONAL_KEYS = ("dropout",)
+# Those written before layout versions existed lack "layout_version": they are version 1.
+_OPTIONAL_KEYS = ("dropout", "layout_version")
+# Upper bounds, checked before anything is allocated: a file's model_config cannot ask for a
+# 10 GB resolution list or a classifier larger than any real data set needs.
+MAX_NUM_CLASSES = 100_000
+MAX_IN_CHANS = 64
+MAX_RESOLUTION = 2048
+MAX_WIDTH = 8.0
+
+
+def _at_most(value: Any, where: str, high: int) -> int:
+    """A positive integer no larger than ``high``."""
+    value = schema.integer(value, where, low=1)
+    if value > high:
+        raise FieldError(f"field '{where}' must be at most {high}, got {value}")
+    return value
+
+
+class RetiredLayoutError(UserError):
+    """Weights trained for an earlier layout of an architecture (one line in the CLI). Not a
+    FieldError: the file is sound, so loaders pass the message on instead of calling it damaged."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +50,10 @@ class SupernetConfig:
     ``resolutions`` is ``(min, max, step)``; None takes the architecture's default for
     ``small_input``, and the field then holds that default. ``dropout`` is the classifier's
     dropout probability (it replaces the layout's); the default 0 keeps training forwards
-    deterministic, so a subnet's reused training logits are its score. Every field is checked
-    (a :class:`~pssnet.schema.FieldError` names it) and stored as a plain int, float, bool or tuple.
+    deterministic, so a subnet's reused training logits are its score. ``layout_version`` None
+    takes the architecture's current layout (and holds its number); an earlier one raises
+    :class:`RetiredLayoutError`. Every field is checked (a :class:`~pssnet.schema.FieldError`
+    names it) and stored as a plain int, float, bool or tuple.
     """
 
     arch: str
@@ -40,20 +63,25 @@ class SupernetConfig:
     resolutions: Optional[tuple[int, int, int]] = None
     width_range: tuple[float, float] = (0.75, 1.0)
     dropout: float = 0.0
+    layout_version: Optional[int] = None
 
     def __post_init__(self) -> None:
         info = arch_info(self.arch)
+        version = schema.integer(self.layout_version, "layout_version", low=1, optional=True)
+        if version is not None and version != info.layout_version:
+            raise _retired(self.arch, version, info.retired_layouts)
+        object.__setattr__(self, "layout_version", info.layout_version)
         small_input = schema.boolean(self.small_input, "small_input")
         resolutions = self.resolutions
         if resolutions is None:
             resolutions = info.small_resolutions if small_input else info.imagenet_resolutions
         checked = {
-            "num_classes": schema.integer(self.num_classes, "num_classes", low=1),
-            "in_chans": schema.integer(self.in_chans, "in_chans", low=1),
+            "num_classes": _at_most(self.num_classes, "num_classes", MAX_NUM_CLASSES),
+            "in_chans": _at_most(self.in_chans, "in_chans", MAX_IN_CHANS),
             "small_input": small_input,
-            "resolutions": tuple(schema.integer(v, f"resolutions[{i}]", low=1)
+            "resolutions": tuple(_at_most(v, f"resolutions[{i}]", MAX_RESOLUTION)
                                  for i, v in enumerate(schema.sequence(resolutions, "resolutions", 3))),
-            "width_range": tuple(schema.number(v, f"width_range[{i}]", low=0.0, low_open=True)
+            "width_range": tuple(schema.number(v, f"width_range[{i}]", 0.0, MAX_WIDTH, low_open=True)
                                  for i, v in enumerate(schema.sequence(self.width_range, "width_range", 2))),
             "dropout": schema.number(self.dropout, "dropout", 0.0, 1.0, high_open=True),
         }
@@ -75,7 +103,8 @@ class SupernetConfig:
         """The stored ``model_config`` (lists for the tuples); :meth:`from_dict` inverts it."""
         return {"arch": self.arch, "num_classes": self.num_classes, "in_chans": self.in_chans,
                 "small_input": self.small_input, "resolutions": list(self.resolutions),
-                "width_range": list(self.width_range), "dropout": self.dropout}
+                "width_range": list(self.width_range), "dropout": self.dropout,
+                "layout_version": self.layout_version}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SupernetConfig":
@@ -90,4 +119,13 @@ class SupernetConfig:
         missing = [k for k in names if k not in data and k not in _OPTIONAL_KEYS]
         if missing:
             raise FieldError(f"model_config lacks field(s) {', '.join(missing)}")
-        return cls(**data)
+        return cls(**{"layout_version": 1, **data})
+
+
+def _retired(arch: str, version: int, retired: tuple[str, ...]) -> UserError:
+    """The one-line refusal of a model_config of layout ``version`` (not the current one)."""
+    if version > len(retired) + 1:
+        return FieldError(f"field 'layout_version' is {version}, but this pssnet knows {arch} layouts up to "
+                          f"{len(retired) + 1}; use the pssnet version that wrote it")
+    return RetiredLayoutError(f"this model was trained with {retired[version - 1]}; this pssnet builds another "
+                              "network: train it again, or use the pssnet version that trained it")

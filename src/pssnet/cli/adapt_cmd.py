@@ -22,7 +22,8 @@ from ..errors import UserError
 class AdaptCommand:
     """What ``pssnet adapt`` was asked for."""
 
-    bundle: str = option(positional=True, metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
+    bundle: str = option(positional=True, metavar="BUNDLE",
+                         help="adaptive.pt or adaptive/ (a Hub folder) written by pssnet eval")
     trace: Optional[str] = option(None, metavar="FILE", help="budget trace file (required unless --list)")
     batch: int = option(32, min=1, help="images per inference (default 32)")
     realtime: bool = option(False, switch=True, help="wait until each time stamp instead of replaying at once")

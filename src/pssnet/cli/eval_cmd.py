@@ -30,7 +30,7 @@ class EvalCommand:
                                     default_factory=list,
                                     help="budget grid for a run without pools (uniform); default: the run's own "
                                          "constraints")
-    bundle: bool = option(True, flag="--no-bundle", help="skip writing adaptive.pt")
+    bundle: bool = option(True, flag="--no-bundle", help="skip writing adaptive.pt and adaptive/")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For every budget, recalibrate BN and evaluate the top-k subnets of its pool (a uniform run: "
                     "as many subnets drawn inside the budget), keep the best on a held-out split of the training "
                     "images, and report its test accuracy. Writes eval.json, pareto.csv, pareto.md, pareto.png "
-                    "and adaptive.pt (the deployment bundle) into the run directory.")
+                    "and the deployment bundle, adaptive.pt and (with the hub extra) the Hub folder adaptive/, "
+                    "into the run directory.")
     add_config_flags(p, EvalCommand)
     p.set_defaults(func=run)
 
@@ -47,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     command: EvalCommand = config_from_args(EvalCommand, args)
     constraints = [Constraint.parse(text) for text in command.constraints] or None
-    if command.out is not None:
-        output_dir(command.out, "--out")
+    # Checked before the evaluation, which takes minutes: its results are written at the end.
+    output_dir(command.out if command.out is not None else command.run_dir,
+               "--out" if command.out is not None else "RUN_DIR (the default --out)")
     _, paths = evaluate_run_dir(command.run_dir, command.evaluation, command.out, command.compare, command.data,
                                 bundle=command.bundle, constraints=constraints)
     print(paths["md"].read_text())

@@ -14,6 +14,7 @@ examples:
   pssnet train --arch mobilenet_v2 --data fashion-mnist --constraint flops:11:24:1 \\
       --epochs 30 --batch-size 128 --out runs/fmnist
   pssnet train --out runs/fmnist --resume
+  pssnet train --out runs/folder --resume --accept-data-change   # after removing a bad image
   torchrun --nproc_per_node 2 -m pssnet train --preset fmnist-mbv2 --out runs/ddp
 """
 
@@ -32,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # --resume is an action of this command, not a setting; listed first in its section.
     sections["run"].add_argument("--resume", action="store_true",
                                  help="continue the run in --out from its newest checkpoint")
+    sections["run"].add_argument("--accept-data-change", action="store_true",
+                                 help="with --resume: continue on data whose files changed since the run began (a "
+                                      "bad image removed or replaced), recording the change in "
+                                      "RUN/data-changes.jsonl, instead of refusing")
     add_flags(p, flags, sections)
     p.set_defaults(func=run_train)
 
@@ -43,6 +48,8 @@ def build_config(args: argparse.Namespace):
     config = TrainConfig()
     needs_lut = apply_preset(config, args.preset) if args.preset else []
     apply_flags(config, args, flags_of(TrainConfig))
+    if ("batch_size",) in given_paths(args, flags_of(TrainConfig)):
+        config.batch_is_global = False  # an explicit --batch-size is per process, as torchvision's references
     if not args.resume:
         if args.preset and not config.data:
             raise UserError(f"preset {args.preset} needs --data (e.g. folder:/data/imagenet or cifar10:DIR)")
@@ -81,7 +88,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = build_config(args)
     ctx = init_distributed(config.device, config.dist_timeout_minutes)
     try:
-        out = Trainer(config, ctx).run(resume=args.resume, given=asked_for(args, config))
+        out = Trainer(config, ctx).run(resume=args.resume, given=asked_for(args, config),
+                                       accept_data_change=args.accept_data_change)
     except TrainingInterrupted as stop:
         if ctx.is_main:
             print(f"pssnet train: {stop}", file=sys.stderr, flush=True)

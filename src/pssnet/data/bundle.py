@@ -107,4 +107,5 @@ def _identity_parts(split: Dataset) -> Iterator[bytes]:
     elif hasattr(split, "samples") and hasattr(split, "root"):  # torchvision's ImageFolder
         root = os.path.join(split.root, "")  # its paths are joined onto it: cut, not os.path.relpath (slow)
         for path, label in split.samples:
-            yield f"{path[len(root):] if path.startswith(root) else path}\0{label}\n".encode()
+            # surrogateescape: a file name that is not UTF-8 hashes as its bytes (valid names as before)
+            yield f"{path[len(root):] if path.startswith(root) else path}\0{label}\n".encode("utf-8", "surrogateescape")

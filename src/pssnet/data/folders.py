@@ -5,6 +5,7 @@ fail to decode reported with their path."""
 from __future__ import annotations
 
 import copy
+import os
 import pathlib
 from typing import Callable, Optional
 
@@ -48,6 +49,18 @@ def _image_folder(directory: pathlib.Path, transform: Callable):
         raise UserError(f"{directory}: {exc}; put the images in one sub-folder per class") from None
     except OSError as exc:
         raise UserError(f"cannot read {directory} ({exc.strerror or exc}); check its permissions") from None
+
+
+def _check_class_names(directory: pathlib.Path, classes: list[str]) -> None:
+    """Class folder names become the class names of reports, bundles and served answers (text):
+    refuse one that is not UTF-8. (Image file names may be any bytes: they are only opened.)"""
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = repr(os.fsencode(name))[2:-1]
+            raise UserError(f"the class folder {shown} in {directory} has a name that is not UTF-8 text; "
+                            "rename it (it becomes the class name in reports and deployment bundles)") from None
 
 
 def _spread(count: int, limit: int) -> list[int]:
@@ -101,6 +114,7 @@ def folder_bundle(root: pathlib.Path, image_size: Optional[int] = None) -> DataB
                         "a classifier needs at least 2 (one sub-folder per class)")
     if test.classes != train.classes:
         raise UserError(f"{test_dir} and {root / 'train'} have different class folders; make them match")
+    _check_class_names(root / "train", train.classes)
     native, looked_at = detect_image_size([path for path, _ in train.samples])
     detect_image_size([path for path, _ in test.samples], TEST_SAMPLE)
     size = image_size or (native if native <= SMALL_IMAGE_MAX else min(native, LARGE_IMAGE_DEFAULT))

@@ -12,7 +12,9 @@ import bisect
 import math
 import numbers
 import os
-from typing import Any, Mapping, Sequence, Union
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -23,7 +25,8 @@ from ..errors import UserError
 from ..ops import SlimBatchNorm2d
 from ..space import Subnet
 from ..supernet import StaticSubnet, Supernet, extract_subnet
-from .bundle import BnStats, RetainedSubnet, load_bundle, unpack_bundle
+from .bundle import BUNDLE_FORMAT, INFO_KEYS, BnStats, RetainedSubnet, load_bundle, unpack_bundle
+from .hub import PLOT_NAME, download_snapshot, hub_api, is_folder, load_folder, save_folder
 
 
 def install_stat_banks(net: Supernet, bn_stats: BnStats) -> None:
@@ -51,6 +54,7 @@ class AdaptiveNet(nn.Module):
         self.net = net.eval()
         self._state = net.state  # the shared state every layer reads: switching writes only this
         self.info = dict(info or {})
+        self.pareto_plot: Optional[Path] = None  # the Pareto plot next to the bundle it was loaded from
         self._subnets = tuple(subnets)
         self.kinds = tuple(k for k in KINDS if all(k in r.resources for r in self._subnets))
         # Switching reads only these precomputed tuples (most accurate first).
@@ -75,8 +79,73 @@ class AdaptiveNet(nn.Module):
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], device: torch.device | str = "cpu") -> "AdaptiveNet":
-        """Load ``adaptive.pt`` (written by ``pssnet eval``)."""
-        return cls.from_bundle(load_bundle(path), device, source=f"deployment bundle '{path}'")
+        """Load a bundle written by ``pssnet eval``: ``adaptive.pt`` or the Hub folder ``adaptive/``."""
+        if is_folder(path):
+            net = cls.from_bundle(load_folder(path), device, source=f"adaptive folder '{path}'")
+            net.pareto_plot = Path(path) / PLOT_NAME
+        else:
+            net = cls.from_bundle(load_bundle(path), device, source=f"deployment bundle '{path}'")
+            net.pareto_plot = Path(path).with_name(PLOT_NAME)
+        return net
+
+    # -- Hugging Face Hub conventions (huggingface_hub.ModelHubMixin) --------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], *, force_download: bool = False,
+                        token: Union[str, bool, None] = None, cache_dir: Union[str, os.PathLike, None] = None,
+                        local_files_only: bool = False, revision: Optional[str] = None,
+                        device: torch.device | str = "cpu") -> "AdaptiveNet":
+        """Load a Hub folder (or ``adaptive.pt``) from a local path, else a Hub repository id
+        (``"user/repo"``), downloaded with ``huggingface_hub.snapshot_download`` (the ``hub`` extra)."""
+        name = str(pretrained_model_name_or_path)
+        if os.path.exists(name):
+            return cls.load(name, device)
+        if name.count("/") > 1 or name.startswith((".", "/", "~")) or name.endswith(".pt"):  # no repo id
+            raise UserError(f"{name} does not exist; give a folder or adaptive.pt written by pssnet eval, "
+                            "or a Hub repository id (user/name)")
+        folder = download_snapshot(name, revision=revision, cache_dir=cache_dir,
+                                   force_download=force_download, token=token, local_files_only=local_files_only)
+        return cls.load(folder, device)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *, repo_id: Optional[str] = None,
+                        push_to_hub: bool = False, **push_to_hub_kwargs: Any) -> Optional[str]:
+        """Write this bundle as a Hub folder (``config.json``, ``model.safetensors``, ``README.md``,
+        and ``pareto.png`` when the bundle was loaded next to one); with ``push_to_hub=True`` also
+        upload it (to ``repo_id``, default: the directory's name) and return the commit URL."""
+        save_folder(self.to_bundle(), save_directory, plot=self.pareto_plot, flag="save_directory")
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return None
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload pssnet adaptive supernet",
+                    private: Optional[bool] = None, token: Optional[str] = None, branch: Optional[str] = None,
+                    create_pr: Optional[bool] = None, allow_patterns: Union[list[str], str, None] = None,
+                    ignore_patterns: Union[list[str], str, None] = None,
+                    delete_patterns: Union[list[str], str, None] = None) -> str:
+        """Create (or reuse) the Hub repository ``repo_id`` and upload this bundle's folder to it in
+        one commit, as ``ModelHubMixin.push_to_hub`` does; returns the commit URL."""
+        api = hub_api(token)
+        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "adaptive"
+            self.save_pretrained(folder)
+            return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder,
+                                     commit_message=commit_message, revision=branch, create_pr=create_pr,
+                                     allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+                                     delete_patterns=delete_patterns)
+
+    def to_bundle(self) -> dict[str, Any]:
+        """The bundle dict of this net (as ``adaptive.pt`` stores it), on the CPU in float32:
+        ``save_bundle(net.to_bundle(), path)`` writes it back."""
+        entries = [{"subnet": r.subnet.to_dict(), "labels": list(r.labels), "resources": dict(r.resources),
+                    "holdout_acc": r.holdout_acc, "test_acc": r.test_acc} for r in self._subnets]
+        stats = {name: {"mean": bn.bank_mean.detach().cpu().float(), "var": bn.bank_var.detach().cpu().float()}
+                 for name, bn in bn_layers(self.net)}
+        state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                 for k, v in self.net.state_dict().items()}
+        info = {key: self.info.get(key) for key in INFO_KEYS}
+        return {"format": BUNDLE_FORMAT, **info, "model_config": self.net.config.to_dict(), "state_dict": state,
+                "subnets": entries, "bn_stats": stats}
 
     def train(self, mode: bool = True) -> "AdaptiveNet":
         """Inference only: stays in eval mode (train the :class:`Supernet` instead)."""
@@ -135,6 +204,22 @@ class AdaptiveNet(nn.Module):
             else:
                 return retained
         raise UserError(self._explain_infeasible(budgets))
+
+    def budget_ranges(self, kind: str) -> list[tuple[float, Optional[float], RetainedSubnet]]:
+        """``(low, high, subnet)``: a single budget ``kind=v`` with ``low <= v < high`` (``high``
+        None: no upper end) selects ``subnet``; ranges ascending, below the first none fits."""
+        if kind not in self._kind_index:
+            raise UserError(f"this bundle has no {kind} values; budget kinds: {', '.join(self.kinds)}")
+        values, best = self._tables[self._kind_index[kind]]
+        ranges: list[tuple[float, Optional[float], RetainedSubnet]] = []
+        for pos, (low, retained) in enumerate(zip(values, best)):
+            high = values[pos + 1] if pos + 1 < len(values) else None
+            if high == low:
+                continue  # equal values: bisection picks the last of them
+            if ranges and ranges[-1][2] is retained:
+                low = ranges.pop()[0]
+            ranges.append((low, high, retained))
+        return ranges
 
     def _explain_infeasible(self, budgets: Mapping[str, float]) -> str:
         for kind, value in budgets.items():

@@ -23,14 +23,17 @@ from ..layout import canonicalize
 from ..run_record import RunRecord
 from ..schema import FieldError
 from ..space import SpaceError, Subnet
-from ..supernet import Supernet, create_supernet
+from ..resources import ResourceMeter
+from ..supernet import Supernet
+from .bundle_checks import (check_image_size, check_preprocessing, check_resources, checked_state_dict,
+                            model_config, resource_meter)
 
 if TYPE_CHECKING:  # a bundle is made from an evaluation's result; reading one needs none of evaluation
     from ..evaluation.results import EvalResult
 
 BUNDLE_FORMAT = "pssnet-adaptive/1"
 BnStats = Mapping[str, Mapping[str, torch.Tensor]]  # {bn_name: {"mean"/"var": [slots, channels]}}
-_INFO_KEYS = ("constraints", "sampler", "select_on", "data", "image_size", "luts", "preprocessing")
+INFO_KEYS = ("constraints", "sampler", "select_on", "data", "image_size", "luts", "preprocessing", "training")
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,15 @@ class BundleContents:
 
 
 def make_bundle(run: RunRecord, result: EvalResult, stats: Mapping[Subnet, Mapping[str, tuple]],
-                image_size: Optional[int] = None, preprocessing: Optional[Mapping[str, Any]] = None
-                ) -> dict[str, Any]:
+                image_size: Optional[int] = None, preprocessing: Optional[Mapping[str, Any]] = None,
+                training: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """The ``adaptive.pt`` dict for a run and its evaluation ``result``.
 
     ``stats`` maps each retained subnet to its recalibrated ``{bn_name: (mean, var)}``;
     ``preprocessing`` is the data's :attr:`~pssnet.data.DataBundle.preprocessing` (how an image
-    becomes an input, class names), which ``pssnet serve`` applies. Each network is stored once: retained subnets with one
+    becomes an input, class names), which ``pssnet serve`` applies; ``training`` (optional:
+    ``command``, ``data``, ``iterations``) says how the run was trained, for the model card of the
+    Hub folder. Each network is stored once: retained subnets with one
     canonical form (:func:`~pssnet.layout.canonicalize`) share the first one's entry and BN slot.
     """
     layout, space = run.model_config.layout(), run.model_config.space()
@@ -101,6 +106,7 @@ def make_bundle(run: RunRecord, result: EvalResult, stats: Mapping[Subnet, Mappi
         "data": run.data,
         "image_size": image_size,
         "preprocessing": dict(preprocessing) if preprocessing else None,
+        "training": dict(training) if training else None,
         "luts": dict(run.luts),
         "subnets": list(entries.values()),
         "bn_stats": bn_stats,
@@ -128,56 +134,52 @@ def unpack_bundle(bundle: Mapping[str, Any], source: str = "the bundle") -> Bund
         message = str(exc)
     except (KeyError, TypeError, RuntimeError) as exc:  # e.g. weights that do not fit the model
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-    raise UserError(f"{source} is damaged or does not match its model ({message}); "
-                    "re-run pssnet eval to rewrite it")
+    raise damaged(source, message)
+
+
+def damaged(source: str, message: str) -> UserError:
+    """The one-line error of a bundle (file or folder) that is damaged or does not fit its model."""
+    return UserError(f"{source} is damaged or does not match its model ({message}); re-run pssnet eval to rewrite it")
 
 
 def _unpack(bundle: Mapping[str, Any]) -> BundleContents:
-    config = schema.mapping(schema.require(bundle, "model_config"), "model_config")
-    try:
-        net = create_supernet(**config)
-    except FieldError as exc:
-        raise FieldError(f"model_config: {exc}") from None
-    net.load_state_dict(schema.mapping(schema.require(bundle, "state_dict"), "state_dict"))
+    config = model_config(schema.require(bundle, "model_config"))
+    # Every stored tensor is compared with the shapes the layout gives before the model is built.
+    state = checked_state_dict(schema.require(bundle, "state_dict"), config)
+    net = Supernet(config)
+    net.load_state_dict(state)
     entries = schema.sequence(schema.require(bundle, "subnets"), "subnets")
-    subnets = [_retained(entry, slot, net) for slot, entry in enumerate(entries)]
+    meter = resource_meter(config, bundle.get("luts"))
+    subnets = [_retained(entry, slot, net, meter) for slot, entry in enumerate(entries)]
     bn_stats = _bn_stats(schema.require(bundle, "bn_stats"), net, len(subnets))
     for i, c in enumerate(schema.sequence(bundle.get("constraints") or [], "constraints")):
         try:
             Constraint.from_dict(schema.mapping(c, f"constraints[{i}]"))
         except (KeyError, TypeError, ValueError, UserError) as exc:
             raise FieldError(f"field 'constraints[{i}]' is not a constraint ({exc})") from None
-    schema.integer(bundle.get("image_size"), "image_size", 1, 8192, optional=True)
+    image_size = check_image_size(bundle.get("image_size"), "image_size", config, optional=True)
     for key in ("sampler", "select_on", "data"):
         schema.string(bundle.get(key), key, optional=True)
-    schema.mapping(bundle.get("luts") or {}, "luts")
     if bundle.get("preprocessing") is not None:
-        _check_preprocessing(bundle["preprocessing"], net)
-    info = {k: bundle.get(k) for k in _INFO_KEYS}
-    info["model_config"] = dict(config)
+        check_preprocessing(bundle["preprocessing"], config, image_size)
+    if bundle.get("training") is not None:
+        _check_training(bundle["training"])
+    info = {k: bundle.get(k) for k in INFO_KEYS}
+    info["model_config"] = config.to_dict()
     return BundleContents(net, subnets, bn_stats, info)
 
 
-def _check_preprocessing(entry: Any, net: Supernet) -> None:
-    """The optional ``preprocessing`` entry: input channels and size, per-channel normalisation,
-    one name per class, an optional crop ratio."""
-    schema.mapping(entry, "preprocessing")
-    chans = schema.integer(schema.require(entry, "in_chans", "preprocessing"), "preprocessing.in_chans", 1, 64)
-    schema.integer(schema.require(entry, "image_size", "preprocessing"), "preprocessing.image_size", 1, 8192)
-    for key in ("mean", "std"):
-        values = schema.sequence(schema.require(entry, key, "preprocessing"), f"preprocessing.{key}", chans)
-        for i, v in enumerate(values):
-            schema.number(v, f"preprocessing.{key}[{i}]", low=0.0, low_open=key == "std")
-    names = schema.sequence(schema.require(entry, "class_names", "preprocessing"), "preprocessing.class_names",
-                            net.layout.num_classes)
-    for i, name in enumerate(names):
-        schema.string(name, f"preprocessing.class_names[{i}]")
-    schema.number(entry.get("crop_ratio"), "preprocessing.crop_ratio", 0.0, 1.0, low_open=True, optional=True)
+def _check_training(entry: Any) -> None:
+    """The optional ``training`` entry: how the run was trained, for the model card."""
+    schema.mapping(entry, "training")
+    for key in ("command", "data"):
+        schema.string(entry.get(key), f"training.{key}", optional=True)
+    schema.integer(entry.get("iterations"), "training.iterations", low=0, optional=True)
 
 
-def _retained(entry: Any, slot: int, net: Supernet) -> RetainedSubnet:
-    """Entry ``slot`` of a bundle's ``subnets``: a subnet of the model's space, its labels,
-    finite non-negative resources and accuracies (percent) or None."""
+def _retained(entry: Any, slot: int, net: Supernet, meter: ResourceMeter) -> RetainedSubnet:
+    """Entry ``slot`` of a bundle's ``subnets``: a subnet of the model's space, its labels, its
+    own resources (recounted) and accuracies (percent) or None."""
     where = f"subnets[{slot}]"
     schema.mapping(entry, where)
     try:
@@ -192,6 +194,7 @@ def _retained(entry: Any, slot: int, net: Supernet) -> RetainedSubnet:
         if kind not in KINDS:
             raise FieldError(f"field '{where}.resources' has an unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
     resources = {k: schema.number(v, f"{where}.resources.{k}", low=0.0) for k, v in resources.items()}
+    check_resources(subnet, resources, meter, f"{where}.resources")
     holdout, test = (schema.number(entry.get(k), f"{where}.{k}", 0.0, 100.0, optional=True)
                      for k in ("holdout_acc", "test_acc"))
     return RetainedSubnet(subnet, labels, resources, holdout, test, slot)

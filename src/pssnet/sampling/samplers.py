@@ -81,8 +81,9 @@ class SubnetSampler(ABC):
 
 
 class UniformSampler(SubnetSampler):
-    """US-Net baseline: resolution and every multiplier uniformly at random (raw, not canonical:
-    the trained network is the same)."""
+    """US-Net baseline: resolution and every multiplier at random by the reference's law
+    (:meth:`~pssnet.space.SearchSpace.sample_arrays`; raw, not canonical: the trained network is
+    the same)."""
 
     name = "uniform"
 

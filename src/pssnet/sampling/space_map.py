@@ -1,6 +1,7 @@
 """Constraint-conditioned sampling: draw a subnet whose resource value lies in a target bucket.
 
-Before training, ``samples`` uniform random subnets (the paper's draws) are measured
+Before training, ``samples`` uniform random subnets (the paper's draws, by the reference's law:
+:meth:`~pssnet.space.SearchSpace.sample_arrays`) are measured
 (vectorised) and, for every budget target, the empirical distribution of resolution and of each
 stage multiplier among the subnets in that bucket is counted. A draw for target ``t`` samples
 each dimension from ``t``'s distributions and retries until the result lands in bucket ``t``;
@@ -31,7 +32,7 @@ from ..layout import canonical_subnet
 from ..resources import ResourceMeter
 from ..space import WIDTH_SCALE, SearchSpace, Subnet
 
-MAP_VERSION = 2
+MAP_VERSION = 3  # 3: the reference's sampling law (SearchSpace.sample_arrays), MobileNetV2 with 8 widths
 THIN_BUCKET = 300  # uniform observations below which a bucket's histograms come from spread draws
 _CHUNK = 250_000  # draws measured at once; bounds memory, fixed so results never depend on it
 _SPREAD_CHUNK = 50_000  # spread draws per round for the thin buckets (at most ``samples`` in all)

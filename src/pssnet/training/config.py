@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import UserError
 from ..fileio import output_dir
@@ -87,7 +87,12 @@ class TrainConfig:
         help="budget grid, repeatable (flops, params, latency_cpu, latency_gpu); "
              "TYPE:auto[:COUNT] spans the space's range, TYPE:interior[:COUNT] the same without its end targets")
     epochs: int = option(250, group=_RUN, min=1, on_resume="harmless", help="passes over the training images (default 250)")
-    batch_size: int = option(128, group=_RUN, min=1, help="images per process and iteration")
+    batch_size: int = option(128, group=_RUN, min=1,
+                             help="images per process and iteration (a preset's batch is the global batch, "
+                                  "split over the processes)")
+    batch_is_global: bool = option(False, flag=None,
+                                   help="batch_size is the global batch, split over the processes (what a "
+                                        "preset sets; an explicit --batch-size is per process; Python API only)")
     max_iters: Optional[int] = option(None, group=_RUN, min=1, on_resume="harmless",
                                       help="stop after this many iterations (schedules shrink to fit)")
     seed: int = option(0, group=_RUN, min=0, max=MAX_SEED, help="seed of weights, data order, augmentation and sampler (default 0)")
@@ -136,6 +141,19 @@ class TrainConfig:
         """The config of ``data`` (a ``to_dict`` result); unknown keys are ignored."""
         return update_config(cls(), data, strict=False)
 
+    def process_batch(self, world_size: int) -> int:
+        """Images per process and iteration with ``world_size`` processes: ``batch_size``, or its
+        share when it is the global batch (a UserError naming the nearest batches that split)."""
+        if not self.batch_is_global:
+            return self.batch_size
+        if self.batch_size % world_size:
+            raise UserError(_indivisible_batch(self.batch_size, world_size, self.preset))
+        return self.batch_size // world_size
+
+    def global_batch(self, world_size: int) -> int:
+        """Images per iteration over all ``world_size`` processes."""
+        return self.process_batch(world_size) * world_size
+
     def validate(self) -> "TrainConfig":
         """Raise a UserError naming the first missing or impossible setting."""
         from ..architectures import ARCHITECTURES
@@ -154,6 +172,25 @@ class TrainConfig:
             raise UserError("the pss sampler needs at least one --constraint TYPE:START:STOP:STEP")
         check_bounds(self)
         return self
+
+
+def _indivisible_batch(batch: int, world_size: int, preset: Optional[str]) -> str:
+    """Why a global batch cannot be split over ``world_size`` processes, and the nearest that can."""
+    below = batch // world_size * world_size
+    nearest = [b for b in (below, below + world_size) if b > 0]
+    options = " or ".join(f"{b} (--batch-size {b // world_size} per process)" for b in nearest)
+    what = f"preset {preset}'s global batch" if preset else "the global batch"
+    return (f"{what} {batch} does not split evenly over {world_size} processes; the nearest that "
+            f"{'do' if len(nearest) > 1 else 'does'}: {options}")
+
+
+def run_summary(config: TrainConfig, world_size: int, lr: float, constraints: Sequence[Any]) -> str:
+    """One line saying what a run trains: architecture, sampler, batch per process and global, lr, grids."""
+    process = config.process_batch(world_size)
+    what = config.arch + (f" (preset {config.preset})" if config.preset else "")
+    grids = "; ".join(f"{c.text} ({len(c.targets)} targets)" for c in constraints) or "no budget grid"
+    return (f"training {what} with {config.sampler.name}: batch {process} per process x {world_size} "
+            f"process{'es' if world_size > 1 else ''} = global batch {process * world_size}, lr {lr:.4g}; {grids}")
 
 
 def update_config(config: Any, values: Mapping[str, Any], strict: bool = True) -> Any:
@@ -175,6 +212,7 @@ def update_config(config: Any, values: Mapping[str, Any], strict: bool = True) -
     return config
 
 
+# A preset's batch_size is the global batch (apply_preset), split over the processes.
 _IMAGENET = {"epochs": 250, "batch_size": 1024, "small_input": False}
 # lr 0.1 without warm-up spikes the loss above 10 in the first iterations on Fashion-MNIST; one warm-up epoch.
 _SMALL = {"epochs": 30, "batch_size": 128, "small_input": True,
@@ -206,8 +244,9 @@ def _latency_presets(prefix: str, arch: str, flops: str) -> dict[str, dict[str, 
 # range(START + STEP, STOP - STEP + 1, STEP)): the sandwich rule trains the smallest and largest
 # subnets every step, so the first target is one step above the smallest subnet's bucket and the
 # last one step below the largest's. MFLOPs of the smallest and largest subnets (`pssnet info`):
-# MobileNetV1 106.8 / 568.7 (buckets 110 / 570), MobileNetV2 67.6 / 300.8 (70 / 300), ResNet-50
-# 759.5 / 4089.2 (800 / 4100); small input, 24-32 px: MobileNetV2 10.7-11.0 / 23.9-24.5 (11 / 24),
+# MobileNetV1 106.8 / 568.7 (buckets 110 / 570), MobileNetV2 69.1 / 300.8 (70 / 300; the paper's
+# smallest PSS-MBV2-F is 69M, the reference's counter adds the average pool: 69.2), ResNet-50
+# 759.5 / 4089.2 (800 / 4100); small input, 24-32 px: MobileNetV2 11.0-11.3 / 23.9-24.5 (11 / 24),
 # MobileNetV1 16.2-16.5 / 45.8-46.4 (16 / 46). The quick set-ups mini-mbv2, demo and compare-fmnist
 # keep their end targets: the demo's transcript, docs/results.md and the tests were made with them.
 # ResNet-50 uses the MobileNet recipe: the reference trains both its models with one recipe and has
@@ -221,7 +260,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mini-mbv2": _MINI,
     "cifar10-mbv2": {"arch": "mobilenet_v2", "constraints": ["flops:12:23:1"], **_SMALL, "epochs": 200},
     "cifar10-mbv1": {"arch": "mobilenet_v1", "constraints": ["flops:18:44:2"], **_SMALL, "epochs": 200},
-    # MFLOPs of the small-input MobileNetV2 at 20-28 px: about 9.4 to 21.7; up to Fashion-MNIST's own
+    # MFLOPs of the small-input MobileNetV2 at 20-28 px: about 9.7 to 21.7; up to Fashion-MNIST's own
     # 28 px, cheap enough for a CPU. 281 iterations of 32 = 1.5 epochs of the shipped 6,000 images.
     # A short schedule: lr 0.1 diverges within a few hundred iterations (measured: 0.02 and 0.05 reach
     # ~70% in 120 iterations, 0.2 and 0.4 stay at ~20-30%). 200,000 map samples cover 5 targets in seconds.
@@ -238,11 +277,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def apply_preset(config: TrainConfig, name: str) -> list[str]:
-    """Fill ``config`` from preset ``name``; returns the latency kinds whose tables it needs."""
+    """Fill ``config`` from preset ``name``; returns the latency kinds whose tables it needs.
+
+    A preset's batch is the global batch: any number of processes trains the same recipe."""
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'; use one of {', '.join(sorted(PRESETS))}")
     preset = dict(PRESETS[name])
     needs = preset.pop("needs_lut", [])
     update_config(config, preset)
     config.preset = name
+    config.batch_is_global = True
     return list(needs)

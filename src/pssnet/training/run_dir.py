@@ -1,5 +1,5 @@
 """The run directory's life cycle: one writer at a time (a lock), clean-up after a crash (stray
-temporary files, unreadable checkpoints), and what a ``--resume`` may change.
+temporary files, checkpoints that cannot be used), and what a ``--resume`` may change.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Collection, Mapping, Optional
+import time
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 from ..data.datasets import dataset_name
 from ..errors import UserError
-from .checkpoint import list_checkpoints
+from ..fileio import write_text_atomic
+from .checkpoint import Rejected
 from .config import TrainConfig
 from ..options import declared_options
 
@@ -75,17 +77,17 @@ def remove_stray_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
     return removed
 
 
-def set_aside_checkpoints(run_dir: pathlib.Path, newest_good: int) -> list[pathlib.Path]:
-    """Rename checkpoints after iteration ``newest_good`` (unreadable ones: the newest readable
-    checkpoint is ``newest_good``; -1 when none is) to ``*.damaged``, so that keeping the last N
-    checkpoints never counts them, nor deletes a new checkpoint in their favour."""
-    moved = []
-    for path in list_checkpoints(run_dir):
-        if int(path.stem.split("-")[1]) > newest_good:
-            target = path.with_name(path.name + ".damaged")
-            path.replace(target)
-            moved.append(target)
-    return moved
+def set_aside_checkpoints(rejected: Sequence[Rejected]) -> list[str]:
+    """Rename each rejected checkpoint (:func:`~.checkpoint.find_checkpoint`) to ``*.damaged``,
+    ``*.foreign`` (another run's) or ``*.misnamed``, so that no resume loads it and keeping the
+    last N checkpoints never counts it, nor deletes a good checkpoint in its favour. Returns a
+    note per file saying why."""
+    notes = []
+    for item in rejected:
+        target = item.path.with_name(item.path.name + item.suffix)
+        item.path.replace(target)
+        notes.append(f"note: set aside {item.path}: {item.reason}; renamed to {target.name}")
+    return notes
 
 
 def saved_config(run_dir: pathlib.Path) -> Optional[dict[str, Any]]:
@@ -150,21 +152,49 @@ def resume_command(run_dir: pathlib.Path, world_size: int) -> str:
     return f"pssnet train --out {run_dir} --resume"
 
 
-def check_data(checkpoint: Mapping[str, Any], fingerprint: str, spec: str) -> None:
+DATA_CHANGES_NAME = "data-changes.jsonl"  # RUN/data-changes.jsonl: each change --accept-data-change let in
+
+
+def check_data(checkpoint: Mapping[str, Any], fingerprint: str, spec: str, accept_change: bool = False) -> bool:
     """Refuse to resume on other data than the run trained on: the data at ``spec`` must have the
     fingerprint the checkpoint recorded (:func:`pssnet.data.data_fingerprint`), wherever it lies.
-    A checkpoint written before fingerprints were recorded may resume on its own spec only."""
+    A checkpoint written before fingerprints were recorded may resume on its own spec only.
+
+    ``accept_change`` (``--accept-data-change``) lets other data through instead (files removed
+    or replaced after a bad image); returns True when it did, for :func:`record_data_change`."""
     recorded, trained_on = checkpoint.get("data_fingerprint"), checkpoint["config"]["data"]
     if recorded is None or recorded.split(":")[0] != fingerprint.split(":")[0]:
-        if spec != trained_on:
+        if spec != trained_on and not accept_change:
             raise UserError(f"this run's checkpoint does not record its data in a form this pssnet can check "
                             f"(written by another version), so --data {spec} cannot be checked against "
-                            f"{trained_on}; resume with --data {trained_on}")
-        return
-    if recorded != fingerprint:
-        raise UserError(f"the data at {spec} is not the data this run trained on ({trained_on}: its classes, "
-                        "sizes, labels, images or file names differ); resume with that data, or train the "
-                        "new data into a new --out")
+                            f"{trained_on}; resume with --data {trained_on}, or pass --accept-data-change")
+        return spec != trained_on
+    if recorded == fingerprint:
+        return False
+    if accept_change:
+        return True
+    raise UserError(f"the data at {spec} is not the data this run trained on ({trained_on}: its classes, "
+                    "sizes, labels, images or file names differ); resume with that data, pass "
+                    "--accept-data-change to continue on the data as it is now (after removing or replacing "
+                    "files; the change is recorded), or train the new data into a new --out")
+
+
+def record_data_change(run_dir: pathlib.Path, checkpoint: Mapping[str, Any], fingerprint: str,
+                       spec: str) -> dict[str, Any]:
+    """Append the change ``--accept-data-change`` let in to ``RUN/data-changes.jsonl`` (atomically:
+    the file is rewritten whole) and return its row, which the metrics log records too."""
+    row = {"event": "data_change", "iteration": int(checkpoint["iteration"]),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data_before": checkpoint["config"]["data"],
+           "data": spec, "fingerprint_before": checkpoint.get("data_fingerprint"), "fingerprint": fingerprint}
+    path = run_dir / DATA_CHANGES_NAME
+    try:
+        before = path.read_text()
+    except FileNotFoundError:
+        before = ""
+    if before and not before.endswith("\n"):
+        before += "\n"  # a torn last line stays, apart from the new one
+    write_text_atomic(path, before + json.dumps(row) + "\n")
+    return row
 
 
 def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pathlib.Path) -> None:
@@ -173,7 +203,8 @@ def check_world_size(checkpoint: Mapping[str, Any], world_size: int, run_dir: pa
     recorded = checkpoint.get("world_size")
     if recorded is None or int(recorded) == world_size:
         return
-    batch = int(checkpoint["config"]["batch_size"])
+    saved = checkpoint["config"]  # a preset's batch_size is the global batch
+    batch = int(saved["batch_size"]) // (int(recorded) if saved.get("batch_is_global") else 1)
     how = resume_command(run_dir, recorded) + ("" if recorded > 1 else " (one process, without torchrun)")
     raise UserError(f"this run was trained with {recorded} process(es) x batch {batch}, not {world_size}; "
                     f"resume it with {how}")

@@ -24,9 +24,28 @@ _SCALARS = ("loss_largest", "loss_sampled", "loss_smallest", "acc_largest", "sco
             "pool_fill", "data_wait_fraction")
 
 
+class _IllTypedRow(ValueError):
+    """A metrics line that is a JSON object, with a field of the wrong type."""
+
+
+def _row(line: str) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``; a ValueError saying what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ValueError("not a JSON object") from None
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    iteration = row.get("iteration", 0)  # a resume cuts the log back by it
+    if isinstance(iteration, bool) or not isinstance(iteration, int):
+        raise _IllTypedRow(f"its iteration is {iteration!r}, not a whole number")
+    return row
+
+
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl``. A torn last line (a write cut short) is dropped with a note
-    on stderr; a damaged line elsewhere is a UserError naming the file and the line."""
+    """The rows of a ``metrics.jsonl``. A torn or ill-typed last line (a write cut short) is
+    dropped with a note on stderr; a damaged line elsewhere is a UserError naming the file and the
+    line."""
     if not path.exists():
         return []
     lines = path.read_text(errors="replace").splitlines()
@@ -35,16 +54,14 @@ def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
+            rows.append(_row(line))
+        except ValueError as exc:
             if number == len(lines):
-                print(f"note: dropped the torn last line {number} of {path}", file=sys.stderr)
+                what = f"last line {number} of {path} ({exc})" if isinstance(exc, _IllTypedRow) else \
+                    f"torn last line {number} of {path}"
+                print(f"note: dropped the {what}", file=sys.stderr)
                 break
-            raise UserError(f"{path} line {number} is damaged (not a JSON object); "
-                            "delete that line to continue") from None
-        rows.append(row)
+            raise UserError(f"{path} line {number} is damaged ({exc}); delete that line to continue") from None
     return rows
 
 
@@ -100,7 +117,7 @@ class RunLogger:
         if not self.ctx.is_main or (iteration % self.config.log_every and not force):
             return None
         now = time.perf_counter()
-        images = (iteration - self.tick_iteration) * self.config.batch_size * self.ctx.world_size
+        images = (iteration - self.tick_iteration) * self.config.global_batch(self.ctx.world_size)
         elapsed = max(now - self.tick, 1e-9)
         speed = images / elapsed
         self.tick, self.tick_iteration = now, iteration

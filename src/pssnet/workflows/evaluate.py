@@ -7,23 +7,29 @@ reader that it drives; none of them imports it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..constraints import Constraint
 from ..data import load_data
-from ..deploy import make_bundle, save_bundle
+from ..deploy import make_bundle, save_bundle, save_folder
+from ..deploy.hub import HUB_EXTRA
 from ..errors import UserError
 from ..evaluation.evaluator import EvalConfig, evaluate_run
 from ..evaluation.results import EvalResult, load_eval
 from ..fileio import write_text_atomic
 from ..report import write_report
 from ..run_record import RunRecord
+from ..options import Option, declared_options
 from ..training.checkpoint import load_run
+from ..training.config import TrainConfig, apply_preset
+from ..training.run_dir import saved_config
 
 
 def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
@@ -31,7 +37,8 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
                      data_spec: Optional[str] = None, bundle: bool = True,
                      constraints: Optional[Sequence[Constraint]] = None) -> tuple[EvalResult, dict[str, Path]]:
     """``pssnet eval``: evaluate a run directory and write ``eval.json``, ``pareto.csv/md/png``
-    and (``bundle=True``) ``adaptive.pt`` into ``out_dir`` (default: the run directory).
+    and (``bundle=True``) ``adaptive.pt`` and the Hub folder ``adaptive/`` (with the ``hub``
+    extra) into ``out_dir`` (default: the run directory).
 
     Runs given in ``compare`` are overlaid; their own ``eval.json`` is reused when it was made
     with the same settings (:func:`reuse_mismatch`), otherwise they are evaluated here with ``config``.
@@ -49,8 +56,73 @@ def evaluate_run_dir(run_dir: Union[str, os.PathLike], config: EvalConfig,
     write_text_atomic(paths["json"], json.dumps(result.to_dict(), indent=1) + "\n")
     if bundle:
         paths["bundle"] = out_dir / "adaptive.pt"
-        save_bundle(make_bundle(run, result, evaluator.stats, data.image_size, data.preprocessing), paths["bundle"])
+        made = make_bundle(run, result, evaluator.stats, data.image_size, data.preprocessing,
+                           training_record(run_dir, run))
+        save_bundle(made, paths["bundle"])
+        folder = _save_hub_folder(made, out_dir / "adaptive", paths.get("png"))
+        if folder is not None:
+            paths["folder"] = folder
     return result, paths
+
+
+def _save_hub_folder(made: Mapping[str, Any], folder: Path, plot: Optional[Path]) -> Optional[Path]:
+    """The bundle as a Hub folder too; without the hub extra a one-line note says so."""
+    try:
+        return save_folder(made, folder, plot, flag="--out")
+    except UserError as exc:
+        if HUB_EXTRA not in str(exc):
+            raise
+    print(f"note: safetensors is not installed, so no {folder}/ Hub folder was written (adaptive.pt was); "
+          f"{HUB_EXTRA} for one", file=sys.stderr)
+    return None
+
+
+def training_record(run_dir: Path, run: RunRecord) -> dict[str, Any]:
+    """How the run was trained, for the model card: data set, iterations, and the ``pssnet train``
+    command that repeats it (from the run's ``config.json``; None without a readable one)."""
+    try:
+        settings = saved_config(run_dir)
+    except UserError:
+        settings = None
+    command = training_command(TrainConfig.from_dict(settings)) if settings else None
+    return {"command": command, "data": run.data, "iterations": run.iterations}
+
+
+def training_command(config: TrainConfig) -> str:
+    """The ``pssnet train`` command line of ``config``: its preset and every flag whose value
+    differs from what the preset (or the default) gives."""
+    baseline = TrainConfig()
+    if config.preset:
+        with contextlib.suppress(UserError):
+            apply_preset(baseline, config.preset)
+    by_flag: dict[str, list[Option]] = {}
+    for opt in declared_options(TrainConfig):
+        if opt.flag is not None and not opt.meta.get("positional"):
+            by_flag.setdefault(opt.flag, []).append(opt)
+    words = ["pssnet", "train"] + (["--preset", config.preset] if config.preset else [])
+    for flag, opts in by_flag.items():
+        values = [opt.get(config) for opt in opts]
+        if values != [opt.get(baseline) for opt in opts] and None not in values:
+            words += _flag_words(flag, opts[0], values)
+    return " ".join(shlex.quote(str(word)) for word in words)
+
+
+def _flag_words(flag: str, opt: Option, values: list[Any]) -> list[Any]:
+    """The words that give ``values`` to ``flag`` (a switch, a repeated flag, A:B:C parts, ...)."""
+    if len(values) > 1:  # several options behind one flag: A:B
+        return [flag, ":".join(str(v) for v in values)]
+    value = values[0]
+    if opt.type is bool:
+        if flag.startswith("--no-") or opt.meta.get("switch"):
+            return [flag]  # a switch: it differs from the default only when given
+        return [flag if value else "--no-" + flag[2:]]
+    if opt.is_list and opt.meta.get("repeat"):
+        return [word for item in value for word in (flag, item)]
+    if opt.is_list and opt.meta.get("nargs"):
+        return [flag, *value]
+    if opt.is_list:
+        return [flag, ":".join(str(v) for v in value)]
+    return [flag, value]
 
 
 def reuse_mismatch(saved: EvalResult, config: EvalConfig, data_spec: Optional[str]) -> Optional[str]:
