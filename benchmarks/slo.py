@@ -16,13 +16,33 @@ measured throughput; open-loop probes at the chosen rate, as the replay runs, re
 largest's p95 without interference and check that the smallest keeps the target with the
 burner; the script warns where a condition fails. Without --bundle it runs `pssnet demo` first
 (or reuses runs/demo/adaptive.pt).
+
+    python benchmarks/slo.py --trace mixed --json m.json
+
+The same calibration and trace, each request drawn (seeded) into one of three deadline classes
+(DEADLINE_CLASSES: tight, medium, loose, as multiples of the target) and sent with its
+X-Deadline-Ms, against an adaptive server that honours the header; then the same trace without
+headers against a server whose global target is the tight deadline (what one target must be to
+serve every class). It reports each class's attainment (within its own deadline) and accuracy on
+both. Targets: every class >= 0.95 with the headers, and the loose class at least as accurate as
+on the global-target server.
+
+    python benchmarks/slo.py --trace closed-loop --json c.json [--clients 16] [--closed-target-ms 50]
+
+--clients keep-alive clients in a closed loop (each sends its next request when its answer
+arrives, as `wrk -c 16` does) against three servers with --slo-ms 50: --fixed smallest with
+--max-batch 8 (the batch size fixed by the cap, the issue's case), --fixed smallest with the batch
+size chosen by the server up to --max-batch, and adaptive; each for --probe-s quiet, then with
+the burners on its core. It reports requests/s, p50/p95/p99 and the share within the target.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -36,6 +56,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from _common import parse_args, report
@@ -155,11 +176,12 @@ class Client:
             writer.close()
         return await asyncio.open_connection("127.0.0.1", self.port)
 
-    async def post(self, body: bytes) -> dict:
+    async def post(self, body: bytes, headers: bytes = b"") -> dict:
+        """POST /predict; ``headers``: extra header lines, each ending in CRLF."""
         reader, writer = await self._connection()
         try:
             writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                         b"Content-Length: %d\r\n%s\r\n" % (len(body), headers) + body)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
@@ -187,8 +209,10 @@ class Client:
         self._idle.clear()
 
 
-async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: float) -> list[Result]:
-    """Send one request at each arrival time (open loop: never waits for earlier answers).
+async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: float,
+                  headers: Optional[list[bytes]] = None) -> list[Result]:
+    """Send one request at each arrival time (open loop: never waits for earlier answers), with
+    ``headers[i]`` (extra header lines) on the i-th.
 
     One dispatcher starts each request at its time. Creating all the requests' tasks up front
     and letting each sleep until its time kept the client's loop busy for the first half second
@@ -198,19 +222,19 @@ async def _replay(port: int, arrivals: list[float], body: bytes, deadline_s: flo
     await client.open(WARM_CONNECTIONS)
     t0 = loop.time()
 
-    async def one(at: float) -> Result:
+    async def one(at: float, extra: bytes) -> Result:
         try:
-            answer = await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
+            answer = await asyncio.wait_for(client.post(body, extra), REQUEST_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
             return Result(at, float("inf"))
         return Result(at, 1e3 * (loop.time() - t0 - at), answer["subnet"])
 
     tasks = []
-    for at in arrivals:
+    for i, at in enumerate(arrivals):
         delay = t0 + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(at)))
+        tasks.append(asyncio.ensure_future(one(at, headers[i] if headers else b"")))
     done, pending = set(), set()
     if tasks:
         done, pending = await asyncio.wait(tasks, timeout=max(0.0, t0 + deadline_s - loop.time()))
@@ -241,8 +265,35 @@ async def _closed_loop(port: int, body: bytes, clients: int, seconds: float) -> 
     return count
 
 
-def replay(port: int, arrivals: list[float], body: bytes, duration_s: float) -> list[Result]:
-    return asyncio.run(_replay(port, arrivals, body, duration_s + 3 * REQUEST_TIMEOUT_S))
+async def _closed_loop_latencies(port: int, body: bytes, clients: int, seconds: float) -> list[Result]:
+    """Every request of ``clients`` back-to-back senders on keep-alive connections for ``seconds``
+    (as wrk -c CLIENTS does): its send time, latency and subnet (a failure: inf)."""
+    loop = asyncio.get_running_loop()
+    client = Client(port)
+    await client.open(clients)
+    t0 = loop.time()
+    results: list[Result] = []
+
+    async def sender() -> None:
+        while (start := loop.time()) < t0 + seconds:
+            try:
+                answer = await asyncio.wait_for(client.post(body), REQUEST_TIMEOUT_S)
+                results.append(Result(start - t0, 1e3 * (loop.time() - start), answer["subnet"]))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                results.append(Result(start - t0, float("inf")))
+
+    await asyncio.gather(*(sender() for _ in range(clients)))
+    client.close()
+    return results
+
+
+def replay(port: int, arrivals: list[float], body: bytes, duration_s: float,
+           headers: Optional[list[bytes]] = None) -> list[Result]:
+    return asyncio.run(_replay(port, arrivals, body, duration_s + 3 * REQUEST_TIMEOUT_S, headers))
+
+
+def closed_loop(port: int, body: bytes, clients: int, seconds: float) -> list[Result]:
+    return asyncio.run(_closed_loop_latencies(port, body, clients, seconds))
 
 
 def throughput(port: int, body: bytes, clients: int, seconds: float) -> float:
@@ -351,8 +402,9 @@ def pick_rate(throughput_largest: float, largest_interference: float, smallest_i
     return min(max(rate, low), high) if low <= high else rate
 
 
-def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float], args) -> dict:
-    """Replay ``arrivals`` against one server, burners during the middle third."""
+def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float], args,
+               headers: Optional[list[bytes]] = None) -> dict:
+    """Replay ``arrivals`` (with ``headers``) against one server, burners during the middle third."""
     server = Server(bundle, setup["target_ms"], args.max_batch, mode)
     try:
         status = server.status()
@@ -367,7 +419,7 @@ def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float]
         timer = threading.Timer(third, start_burners)
         timer.start()
         try:
-            results = replay(server.port, arrivals, body, args.duration_s)
+            results = replay(server.port, arrivals, body, args.duration_s, headers)
         finally:
             timer.cancel()
             for b in burners_box:
@@ -389,7 +441,131 @@ def run_server(bundle: Path, mode: list[str], setup: dict, arrivals: list[float]
         "failed": sum(1 for r in results if not r.subnet) + len(arrivals) - len(results),
         "elapsed_s": elapsed,
         "timeline": [(r.start, r.latency_ms, flops.get(r.subnet, float("nan"))) for r in results],
+        "results": results,
+        "accuracy_of": accuracy,
     }
+
+
+# ----------------------------------------------------------------------------- mixed deadlines
+
+# Three deadline classes, as multiples of the calibrated target (the largest subnet's time for
+# TARGET_BATCHES full batches, which the smallest keeps with the burners and the largest without):
+# tight requests need a small subnet under interference, loose ones can wait for the largest.
+DEADLINE_CLASSES = (("tight", 1.0), ("medium", 2.0), ("loose", 4.0))
+
+
+def mixed_classes(count: int, seed: int) -> list[str]:
+    """A seeded class (tight, medium or loose, one third each on average) for each of ``count`` requests."""
+    rng = random.Random(seed + 2)
+    names = [name for name, _ in DEADLINE_CLASSES]
+    return [rng.choice(names) for _ in range(count)]
+
+
+def class_summary(results: list[Result], arrivals: list[float], classes: list[str], deadlines: dict[str, float],
+                  accuracy_of: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per class: the share of its requests answered within its deadline (a lost request counts as
+    a miss) and the mean held-out accuracy of the subnets that answered it."""
+    by_start = {r.start: r for r in results}
+    summary = {}
+    for name in deadlines:
+        mine = [by_start.get(at) for at, c in zip(arrivals, classes) if c == name]
+        served = [r for r in mine if r is not None and r.subnet]
+        summary[name] = {
+            "attainment": sum(r is not None and r.latency_ms <= deadlines[name] for r in mine) / max(1, len(mine)),
+            "accuracy": statistics.fmean(accuracy_of[r.subnet] for r in served) if served else float("nan"),
+            "requests": len(mine)}
+    return summary
+
+
+def run_mixed(bundle: Path, setup: dict, arrivals: list[float], args) -> dict:
+    """The mixed trace against a server that honours X-Deadline-Ms and one that ignores it (the
+    same trace without headers, its global target the tight deadline: the target that one server
+    must keep to serve every class); each class's attainment and accuracy on both."""
+    deadlines = {name: factor * setup["target_ms"] for name, factor in DEADLINE_CLASSES}
+    classes = mixed_classes(len(arrivals), args.seed)
+    headers = [b"X-Deadline-Ms: %.3f\r\n" % deadlines[c] for c in classes]
+    aware = run_server(bundle, [], setup, arrivals, args, headers)
+    ignoring = run_server(bundle, [], {**setup, "target_ms": deadlines["tight"]}, arrivals, args)
+    results = {f"mixed_deadline_ms_{name}": ms for name, ms in deadlines.items()}
+    for label, run in (("headers", aware), ("global", ignoring)):
+        for name, row in class_summary(run["results"], arrivals, classes, deadlines, run["accuracy_of"]).items():
+            results.update({f"mixed_attainment_{name}_{label}": row["attainment"],
+                            f"mixed_accuracy_{name}_{label}": row["accuracy"],
+                            f"mixed_requests_{name}": row["requests"]})
+        results[f"mixed_switches_{label}"] = run["switches"]
+    return results
+
+
+def report_mixed(setup: dict, arrivals: list[float], results: dict, args) -> None:
+    rows = []
+    for name, _ in DEADLINE_CLASSES:
+        for label, target in (("headers", ">= 0.95"), ("global", "")):
+            rows.append((f"mixed_attainment_{name}_{label}", f"{results[f'mixed_attainment_{name}_{label}']:.3f}",
+                         target))
+        for label in ("headers", "global"):
+            key = f"mixed_accuracy_{name}_{label}"
+            target = f">= {results['mixed_accuracy_loose_global']:.2f}" if key == "mixed_accuracy_loose_headers" else ""
+            rows.append((key, f"{results[key]:.2f}", target))
+    deadlines = ", ".join(f"{name} {results[f'mixed_deadline_ms_{name}']:.0f} ms" for name, _ in DEADLINE_CLASSES)
+    report(f"mixed deadlines ({deadlines}), {len(arrivals)} requests at {setup['rate_per_s']:.1f}/s over "
+           f"{args.duration_s:g} s, burners in the middle third", rows, results, args.json)
+
+
+# ----------------------------------------------------------------------------- closed loop
+
+# The closed-loop servers: the issue's case (the smallest subnet, a fixed batch of 8), the same
+# subnet with the batch size chosen by the controller, and adaptive serving.
+CLOSED_LOOP_SERVERS = (("smallest_b8", ["--fixed", "smallest"], 8), ("smallest_chosen", ["--fixed", "smallest"], None),
+                       ("adaptive", [], None))
+
+
+def latency_summary(results: list[Result], seconds: float, target_ms: float) -> dict[str, float]:
+    """Requests per second, p50/p95/p99 (a failure counted as the timeout) and the share within the target."""
+    latencies = [min(r.latency_ms, 1e3 * REQUEST_TIMEOUT_S) for r in results]
+    if not latencies:
+        return {"rps": 0.0, "p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan, "attainment": 0.0}
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {"rps": len(latencies) / seconds, "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
+            "attainment": sum(lat <= target_ms for lat in latencies) / len(latencies)}
+
+
+def run_closed_loop(bundle: Path, args) -> dict:
+    """``--clients`` keep-alive clients in a closed loop (as wrk -c) against each server of
+    CLOSED_LOOP_SERVERS for ``--probe-s`` seconds, quiet and then with the burners on its core."""
+    results = {"closed_target_ms": args.closed_target_ms, "closed_clients": args.clients}
+    for name, mode, max_batch in CLOSED_LOOP_SERVERS:
+        server = Server(bundle, args.closed_target_ms, max_batch or args.max_batch, mode)
+        try:
+            body = request_body(server.status())
+            closed_loop(server.port, body, args.clients, 1.0)  # warm-up: the fill size and slow-down settle
+            for phase in ("quiet", "hog"):
+                burners = Burners(args.burners, args.probe_s + 5) if phase == "hog" else None
+                try:
+                    if burners:
+                        time.sleep(0.5)
+                    run = closed_loop(server.port, body, args.clients, args.probe_s)
+                finally:
+                    if burners:
+                        burners.stop()
+                status = server.status()
+                summary = latency_summary(run, args.probe_s, args.closed_target_ms)
+                summary.update(fill=status["fill"], server_p95_ms=status["p95_ms"] or math.nan)
+                results.update({f"closed_{name}_{phase}_{k}": v for k, v in summary.items()})
+        finally:
+            server.stop()
+    return results
+
+
+def report_closed_loop(results: dict, args) -> None:
+    rows = []
+    for name, _, _ in CLOSED_LOOP_SERVERS:
+        for phase in ("quiet", "hog"):
+            prefix = f"closed_{name}_{phase}"
+            rows.append((f"{prefix}_rps / p95_ms / p99_ms", f"{results[prefix + '_rps']:.0f} / "
+                         f"{results[prefix + '_p95_ms']:.1f} / {results[prefix + '_p99_ms']:.1f}",
+                         f"attainment {results[prefix + '_attainment']:.3f}, fill {results[prefix + '_fill']}"))
+    report(f"closed loop: {args.clients} keep-alive clients, target {args.closed_target_ms:g} ms, "
+           f"{args.probe_s:g} s per phase, the burners on the server's core in the hog phase", rows, results, args.json)
 
 
 # ----------------------------------------------------------------------------- output
@@ -428,26 +604,41 @@ def plot(runs: dict, setup: dict, duration_s: float, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: (
+def parse() -> argparse.Namespace:
+    return parse_args(__doc__.splitlines()[0], lambda p: (
+        p.add_argument("--trace", choices=("interference", "mixed", "closed-loop"), default="interference",
+                       help="interference: adaptive vs pinned subnets (default); mixed: three deadline classes "
+                            "(X-Deadline-Ms) vs a server that ignores them; closed-loop: --clients back-to-back "
+                            "clients, fixed batch of 8 vs batch sizes chosen by the server"),
         p.add_argument("--bundle", type=Path, help="adaptive.pt (default: the demo's, trained if missing)"),
         p.add_argument("--seed", type=int, default=0, help="seed of the arrival trace"),
         p.add_argument("--duration-s", type=float, default=90.0, help="length of each replay (default 90)"),
-        p.add_argument("--probe-s", type=float, default=4.0, help="length of each calibration probe (default 4)"),
+        p.add_argument("--probe-s", type=float, default=4.0,
+                       help="length of each calibration probe and closed-loop phase (default 4)"),
         p.add_argument("--load", type=float, default=0.6,
                        help="arrival rate as a share of the largest subnet's throughput (default 0.6)"),
         p.add_argument("--burners", type=int, default=1,
                        help="CPU burner processes on the server's core during interference (default 1: about 2x)"),
         p.add_argument("--max-batch", type=int, default=32,
                        help="--max-batch of the servers (default 32: under overload, bigger batches buy throughput)"),
+        p.add_argument("--clients", type=int, default=16, help="closed loop: concurrent clients (default 16)"),
+        p.add_argument("--closed-target-ms", type=float, default=50.0,
+                       help="closed loop: --slo-ms of the servers (default 50)"),
         p.add_argument("--demo-epochs", type=float, default=1.5, help="epochs when training the demo bundle"),
         p.add_argument("--plot", type=Path, default=REPO / "docs" / "slo_timeline.png",
                        help="timeline PNG (default docs/slo_timeline.png, shown in the README)"),
     ))
+
+
+def main() -> None:
+    args = parse()
     bundle = args.bundle or demo_bundle(args.demo_epochs)
     if CLIENT_CORES:
         os.sched_setaffinity(0, CLIENT_CORES)
         print(f"server and burners on core {sorted(SERVER_CORES)}, client on {sorted(CLIENT_CORES)}")
+    if args.trace == "closed-loop":
+        report_closed_loop(run_closed_loop(bundle, args), args)
+        return
     setup = calibrate(bundle, args)
     print(f"calibration: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in setup.items()})}")
     if not setup["largest_overloaded_with_interference"]:
@@ -457,20 +648,28 @@ def main() -> None:
         print("warning: with the burners even the smallest subnet missed the target in the open-loop probe at this "
               "rate; no subnet choice may keep it (lower --burners or --load)")
     arrivals = poisson_trace(setup["rate_per_s"], args.duration_s, args.seed)
+    results = {"requests": len(arrivals), "rate_per_s": setup["rate_per_s"], "target_ms": setup["target_ms"],
+               "duration_s": args.duration_s, "burners": args.burners, "seed": args.seed}
+    results.update({f"calibration_{k}": v for k, v in setup.items() if k not in ("rate_per_s", "target_ms")})
+    if args.trace == "mixed":
+        report_mixed(setup, arrivals, {**results, **run_mixed(bundle, setup, arrivals, args)}, args)
+    else:
+        run_interference(bundle, setup, arrivals, results, args)
+
+
+def run_interference(bundle: Path, setup: dict, arrivals: list[float], results: dict, args) -> None:
+    """The interference trace against adaptive, --fixed largest and --fixed smallest servers."""
     runs = {name: run_server(bundle, mode, setup, arrivals, args)
             for name, mode in (("adaptive", []), ("largest", ["--fixed", "largest"]),
                                ("smallest", ["--fixed", "smallest"]))}
     acc = {name: run["accuracy"] for name, run in runs.items()}
     spread = acc["largest"] - acc["smallest"]
     recovered = (acc["adaptive"] - acc["smallest"]) / spread if spread > 0 else float("nan")
-    results = {"requests": len(arrivals), "rate_per_s": setup["rate_per_s"], "target_ms": setup["target_ms"],
-               "duration_s": args.duration_s, "burners": args.burners, "seed": args.seed,
-               "accuracy_recovered": recovered}
+    results["accuracy_recovered"] = recovered
     for name, run in runs.items():
         results.update({f"slo_attainment_{name}": run["attainment"], f"accuracy_{name}": run["accuracy"],
                         f"p95_ms_{name}": run["p95_ms"], f"switches_{name}": run["switches"],
                         f"failed_{name}": run["failed"], f"overhead_ms_{name}": run["overhead_ms"]})
-    results.update({f"calibration_{k}": v for k, v in setup.items() if k not in ("rate_per_s", "target_ms")})
     plot(runs, setup, args.duration_s, args.plot)
     rows = [(f"slo_attainment_{n}", f"{runs[n]['attainment']:.3f}", t) for n, t in
             (("adaptive", ">= 0.95"), ("largest", "<= 0.85"), ("smallest", ""))]

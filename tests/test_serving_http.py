@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -69,8 +70,10 @@ class Server:
         self.stop()
         raise AssertionError("server did not come up within 60 s")
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method)
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+                headers: dict[str, str] | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
+                                     headers=headers or {})
         if content_type:
             req.add_header("Content-Type", content_type)
         try:
@@ -82,9 +85,12 @@ class Server:
     def get(self, path: str):
         return self.request("GET", path)
 
-    def predict(self, body: bytes, content_type: str | None):
-        status, ctype, data = self.request("POST", "/predict", body, content_type)
+    def predict(self, body: bytes, content_type: str | None, headers: dict[str, str] | None = None):
+        status, ctype, data = self.request("POST", "/predict", body, content_type, headers)
         return status, json.loads(data)
+
+    def metrics(self) -> str:
+        return self.get("/metrics")[2].decode()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -118,6 +124,13 @@ def npz_bytes() -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, x=np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
     return buffer.getvalue()
+
+
+def npy_with_header(header: dict, data: bytes = b"") -> bytes:
+    """A .npy body with a hand-written header (numpy will not write the hostile ones)."""
+    text = repr(header).encode()
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
 
 
 def reference_probabilities(bundle_path: Path, key: str, x: torch.Tensor) -> torch.Tensor:
@@ -205,13 +218,13 @@ def test_fortran_order_big_endian_and_large_bodies_give_the_same_answer(server, 
     for variant in (np.asfortranarray(x.numpy()), x.numpy().astype(">f4")):
         status, again = server.predict(npy_bytes(variant), "application/x-npy")
         assert status == 200 and served_probabilities(again) == pytest.approx(served_probabilities(answer), abs=1e-6)
-    # a body over INLINE_DECODE_BYTES is decoded off the event loop, to the same input as in-process
-    from pssnet.serving.app import INLINE_DECODE_BYTES
+    # an image over INLINE_DECODE_PIXELS (by its header) is decoded off the event loop, to the same input as in-process
+    from pssnet.serving.app import INLINE_DECODE_PIXELS
     from pssnet.serving.preprocess import preprocessing_for
 
     pixels = np.random.default_rng(4).integers(0, 256, (400, 400), dtype=np.uint8)
     body = png_bytes(pixels)
-    assert len(body) > INLINE_DECODE_BYTES
+    assert pixels.size > INLINE_DECODE_PIXELS
     status, answer = server.predict(body, "image/png")
     assert status == 200
     info = AdaptiveNet.load(bundle_path).info
@@ -226,6 +239,61 @@ def test_predict_takes_post_only(server):
     assert status == 405 and ctype == "application/json" and "POST" in json.loads(body)["error"]
     status, _, _ = server.get("/no-such-endpoint")
     assert status == 404
+
+
+def test_every_refusal_and_server_error_is_counted(server):
+    before = server.metrics()
+    assert server.get("/predict")[0] == 405
+    assert server.request("POST", "/metrics", b"x")[0] == 405  # FastAPI's own routes are counted too
+    assert server.get("/no-such-endpoint")[0] == 404
+    after = server.metrics()
+    for status, count in (("405", 2), ("404", 1)):
+        sample = f'pssnet_rejected_requests_total{{status="{status}"}}'
+        assert metric_value(after, sample) - metric_value(before, sample) == count
+
+
+def test_non_finite_outputs_are_a_counted_500_never_a_200_with_nan(bundle_path):
+    """In process: the ASGI app driven by hand, a model whose outputs turn NaN for one input."""
+    import asyncio
+
+    from pssnet.serving.app import create_app
+    from pssnet.serving.config import ServeConfig, SloConfig
+    from pssnet.serving.service import ServingService
+
+    service = ServingService(ServeConfig(bundle_path, SloConfig(target_ms=1000, max_batch=2, max_wait_ms=1),
+                                         calibration_repeats=1))
+    # NaN rows wherever the input's first value is 7: one request of a batch of two fails, not the other
+    service.adaptive.net.register_forward_hook(
+        lambda module, inputs, out: torch.where(inputs[0][:, :1, :1, :1].flatten()[:, None] == 7, torch.nan, out))
+    app = create_app(service)
+    service.start()
+    try:
+        async def post(x: np.ndarray) -> tuple[int, dict]:
+            messages = iter([{"type": "http.request", "body": npy_bytes(x), "more_body": False}])
+            sent = []
+
+            async def receive():
+                return next(messages)
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/predict",
+                     "headers": [(b"content-type", b"application/x-npy")]}
+            await app(scope, receive, send)
+            return sent[0]["status"], json.loads(sent[1]["body"])
+
+        async def both():
+            bad = np.full((IMAGE_SIZE, IMAGE_SIZE), 7.0, dtype=np.float32)
+            return await asyncio.gather(post(bad), post(np.zeros_like(bad)))
+
+        (bad_status, bad_answer), (good_status, good_answer) = asyncio.run(both())
+    finally:
+        service.stop()
+    assert bad_status == 500 and "non-finite" in bad_answer["error"]
+    assert good_status == 200 and all(math.isfinite(e["probability"]) for e in good_answer["top"])
+    text = service.metrics.exposition().decode()
+    assert metric_value(text, 'pssnet_server_errors_total{status="500"}') == 1
 
 
 def test_the_npy_reader_agrees_with_numpy_and_never_unpickles():
@@ -274,6 +342,12 @@ def png_bomb() -> bytes:
     (b"{}", "application/json", 415),
     ("bomb", "image/png", 413),
     ("huge-image", "image/png", 413),
+    ("negative-shape", "application/x-npy", 400),
+    ("zero-size-bytes", "application/x-npy", 400),
+    ("zero-size-void", "application/x-npy", 400),
+    ("sub-array-descr", "application/x-npy", 400),
+    ("structured", "application/x-npy", 400),
+    ("float64-1e300", "application/x-npy", 400),
 ])
 def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, body, content_type, status):
     bodies = {
@@ -284,6 +358,19 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, body,
         "npz-archive": npz_bytes,
         "bomb": png_bomb,
         "huge-image": lambda: png_bytes(np.zeros((4200, 4200), dtype=np.uint8)),
+        # .npy headers that gave 500 with a traceback: negative shapes (with data bytes that match
+        # their product), zero-size dtypes, a sub-array descr, a structured dtype
+        "negative-shape": lambda: npy_with_header({"descr": "<f4", "fortran_order": False, "shape": (-2, -3)},
+                                                  b"\0" * 24),
+        "zero-size-bytes": lambda: npy_with_header({"descr": "|S0", "fortran_order": False,
+                                                    "shape": (1, IMAGE_SIZE, IMAGE_SIZE)}),
+        "zero-size-void": lambda: npy_with_header({"descr": "|V0", "fortran_order": False,
+                                                   "shape": (1, IMAGE_SIZE, IMAGE_SIZE)}),
+        "sub-array-descr": lambda: npy_with_header({"descr": ("<f4", (IMAGE_SIZE,)), "fortran_order": False,
+                                                    "shape": (1, IMAGE_SIZE)}, b"\0" * 4 * IMAGE_SIZE * IMAGE_SIZE),
+        "structured": lambda: npy_bytes(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=[("a", "<f4")])),
+        # finite as float64, infinite as the model's float32
+        "float64-1e300": lambda: npy_bytes(np.full((1, IMAGE_SIZE, IMAGE_SIZE), 1e300)),
     }
     if isinstance(body, str):
         body = bodies[body]()
@@ -291,6 +378,51 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, body,
     assert got == status and isinstance(answer["error"], str) and answer["error"]
     ok, _ = server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)), "application/x-npy")
     assert ok == 200
+
+
+@pytest.mark.parametrize("header, value", [
+    ("X-Deadline-Ms", "soon"), ("X-Deadline-Ms", "-5"), ("X-Deadline-Ms", "0"), ("X-Deadline-Ms", "nan"),
+    ("X-Deadline-Ms", "1e12"), ("X-Budget", ""), ("X-Budget", "flops"), ("X-Budget", "watts=3"),
+    ("X-Budget", "flops=abc"), ("X-Budget", "flops=inf"), ("X-Budget", "flops=-1"), ("X-Budget", "flops=0.0001"),
+    ("X-Budget", "flops=20,flops=30"),
+])
+def test_a_bad_deadline_or_budget_header_gets_400_naming_it(server, header, value):
+    before = server.metrics()
+    status, answer = server.predict(npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)),
+                                    "application/x-npy", {header: value})
+    assert status == 400 and answer["error"].startswith(f"{header}: "), answer
+    rejected = 'pssnet_rejected_requests_total{status="400"}'
+    assert metric_value(server.metrics(), rejected) - metric_value(before, rejected) == 1
+
+
+def test_request_budgets_and_deadlines_choose_the_subnet_and_are_counted(server, bundle_path):
+    net = AdaptiveNet.load(bundle_path)
+    body = npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    before = server.metrics()
+    served = []
+    # a budget alone (the target as deadline, met by every subnet of this tiny model): the most
+    # accurate retained subnet within it, as AdaptiveNet.select picks it
+    for r in sorted(net.subnets, key=lambda r: r.resources["flops"]):
+        flops, params = r.resources["flops"], r.resources["params"]
+        for budget, expected in ((f"flops={flops}", net.select(flops=flops)),
+                                 (f"flops={flops}, params={params}", net.select(flops=flops, params=params))):
+            status, answer = server.predict(body, "application/x-npy", {"X-Budget": budget})
+            assert status == 200 and answer["subnet"] == expected.key, budget
+            served.append(answer["subnet"])
+    # a loose deadline: the most accurate of all; one no subnet can meet is answered, and counted as missed
+    most_accurate = max(net.subnets, key=lambda r: (r.holdout_acc, -r.resources["flops"])).key
+    status, answer = server.predict(body, "application/x-npy", {"X-Deadline-Ms": "10000"})
+    assert status == 200 and answer["subnet"] == most_accurate
+    served.append(answer["subnet"])
+    status, answer = server.predict(body, "application/x-npy", {"X-Deadline-Ms": "0.001", "X-Budget": "flops=1e6"})
+    assert status == 200
+    served.append(answer["subnet"])
+    after = server.metrics()
+    misses = "pssnet_deadline_misses_total"
+    assert metric_value(after, misses) - metric_value(before, misses) == 1
+    for key in {r.key for r in net.subnets}:
+        sample = f'pssnet_subnet_requests_total{{subnet="{key}"}}'
+        assert metric_value(after, sample) - metric_value(before, sample) == served.count(key)
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(server):
@@ -333,35 +465,51 @@ def test_status_metrics_and_healthz(server):
     assert isinstance(info["switches"], int) and metric_value(text, "pssnet_subnet_switches_total") == info["switches"]
 
 
-def test_fixed_smallest_and_sigterm_drains_the_request_in_flight(bundle_path):
+def read_response(conn: socket.socket) -> bytes:
+    response = b""
+    while chunk := conn.recv(65536):
+        response += chunk
+    return response
+
+
+def test_sigterm_drops_unfinished_uploads_at_once_answers_complete_requests_and_exits_0_quietly(bundle_path):
     net = AdaptiveNet.load(bundle_path)
     smallest = min(net.subnets, key=lambda r: r.resources["flops"]).key
-    server = Server(bundle_path, "--slo-ms", "100", "--fixed", "smallest")
+    # A long batch wait: before any batch the server waits for --max-batch requests, so the complete
+    # request below is still queued when SIGTERM comes.
+    server = Server(bundle_path, "--slo-ms", "100", "--fixed", "smallest", "--max-wait-ms", "5000")
+    body = npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
     try:
-        body = npy_bytes(np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
-        status, answer = server.predict(body, "application/x-npy")
-        assert status == 200 and answer["subnet"] == smallest
         pinned = json.loads(server.get("/status")[2])
         assert pinned["fixed"] and pinned["subnet"] == smallest and pinned["switches"] == 0
-        # a request whose body is still arriving when SIGTERM comes must be answered
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
-            conn.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-npy\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            time.sleep(0.3)
-            server.proc.send_signal(signal.SIGTERM)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as idle, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=20) as complete, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=20) as unfinished:
+            complete.sendall(head + body)
+            unfinished.sendall(head + body[:100])  # the rest never comes
             time.sleep(0.5)
-            assert server.proc.poll() is None  # still draining
-            conn.sendall(body[100:])
-            response = b""
-            while chunk := conn.recv(65536):
-                response += chunk
-        head, _, payload = response.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        assert json.loads(payload)["subnet"] == smallest
-        code = server.proc.wait(timeout=30)
+            signalled = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            dropped = read_response(unfinished)
+            dropped_s = time.monotonic() - signalled
+            answered = read_response(complete)
+            answered_s = time.monotonic() - signalled
+            assert idle.recv(1) == b""  # an idle connection is closed, not waited for
+        code = server.proc.wait(timeout=20)
+        exited_s = time.monotonic() - signalled
+        output = server.proc.stdout.read()
     finally:
-        code = server.stop()
-    assert code == 0
+        server.stop()
+    status_line, _, payload = dropped.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 503") and "shutting down" in json.loads(payload)["error"]
+    status_line, _, payload = answered.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 200") and json.loads(payload)["subnet"] == smallest
+    # at once: not the 5 s batch wait, nor the 30 s graceful shutdown
+    assert dropped_s < 2 and answered_s < 2 and exited_s < 5, (dropped_s, answered_s, exited_s)
+    assert code == 0 and "Traceback" not in output and "ERROR" not in output, output
+    assert output.rstrip().endswith("pssnet serve: drained and stopped")
 
 
 def test_cli_errors_are_one_line(bundle_path, tmp_path, capsys):
@@ -451,3 +599,36 @@ def test_the_worker_batches_in_arrival_order_and_survives_abandoned_requests(bun
         assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
     assert len({a.inference_ms for a in answers[:3]}) == 1  # the first four (one dropped) ran as one batch
     assert answers[3].inference_ms != answers[0].inference_ms
+
+
+def test_the_worker_runs_requests_in_batches_grouped_by_the_subnet_their_budget_allows(bundle_path):
+    from pssnet.serving import SloConfig, SloController, subnet_profiles
+    from pssnet.serving.batcher import Batcher
+    from pssnet.serving.controller import Need
+    from pssnet.serving.metrics import ServingMetrics
+    from pssnet.serving.worker import InferenceWorker
+
+    net = AdaptiveNet.load(bundle_path)
+    by_flops = sorted(net.subnets, key=lambda r: r.resources["flops"])
+    smallest, largest = by_flops[0], by_flops[-1]
+    config = SloConfig(target_ms=1000, max_batch=4, max_wait_ms=500)
+    batcher = Batcher(config.max_batch, config.max_wait_ms / 1e3)
+    metrics = ServingMetrics(config.target_ms, config.max_batch)
+    worker = InferenceWorker(net, SloController(subnet_profiles(net.subnets, net.kinds), config), batcher, metrics)
+    worker.start()
+    inputs = torch.randn(4, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(8))
+    small_only, large_only = Need(allowed=frozenset({smallest.key})), Need(allowed=frozenset({largest.key}))
+    needs = [small_only, large_only, small_only, large_only]  # interleaved; the batch waits for all four
+    jobs = [batcher.submit(x, need=need) for x, need in zip(inputs, needs)]
+    answers = [job.future.result(timeout=30) for job in jobs]
+    batcher.close()
+    worker.join(30)
+    assert [a.subnet for a in answers] == [smallest.key, largest.key, smallest.key, largest.key]
+    # one batch per subnet: the requests of a subnet share a forward pass, the two subnets do not
+    assert answers[0].inference_ms == answers[2].inference_ms != answers[1].inference_ms == answers[3].inference_ms
+    for x, answer in zip(inputs, answers):
+        expected = reference_probabilities(bundle_path, answer.subnet, x)
+        assert torch.allclose(torch.tensor(answer.probabilities), expected, atol=1e-5)
+    text = metrics.exposition().decode()
+    for key in (smallest.key, largest.key):
+        assert metric_value(text, f'pssnet_subnet_requests_total{{subnet="{key}"}}') == 2

@@ -37,3 +37,26 @@ def test_a_timed_out_request_counts_as_the_timeout_in_the_p95():
     latencies = [10.0] * 90 + [float("inf")] * 10
     assert slo.p95_ms(latencies) == pytest.approx(1e3 * slo.REQUEST_TIMEOUT_S)
     assert slo.p95_ms([float(i) for i in range(1, 101)]) == pytest.approx(95.05)
+
+
+def test_the_mixed_trace_draws_seeded_classes_and_scores_each_against_its_own_deadline():
+    classes = slo.mixed_classes(3000, seed=1)
+    assert classes == slo.mixed_classes(3000, seed=1) != slo.mixed_classes(3000, seed=2)
+    for name, _ in slo.DEADLINE_CLASSES:
+        assert classes.count(name) == pytest.approx(1000, rel=0.1)  # a third each (sd 26: 10 % is 4 sd)
+    arrivals = [0.1, 0.2, 0.3, 0.4, 0.5]
+    classes = ["tight", "loose", "tight", "loose", "tight"]
+    deadlines = {"tight": 10.0, "loose": 100.0}
+    results = [slo.Result(0.1, 9.0, "small"), slo.Result(0.2, 90.0, "large"), slo.Result(0.3, 11.0, "small"),
+               slo.Result(0.4, float("inf"))]  # 0.5 was never answered: a miss, as a failure is
+    summary = slo.class_summary(results, arrivals, classes, deadlines, {"small": 70.0, "large": 80.0})
+    assert summary["tight"] == {"attainment": pytest.approx(1 / 3), "accuracy": 70.0, "requests": 3}
+    assert summary["loose"] == {"attainment": 0.5, "accuracy": 80.0, "requests": 2}
+
+
+def test_the_closed_loop_summary_counts_failures_as_the_timeout():
+    results = [slo.Result(0.0, float(ms), "s") for ms in range(1, 100)] + [slo.Result(0.0, float("inf"))]
+    summary = slo.latency_summary(results, seconds=2.0, target_ms=50.0)
+    assert summary["rps"] == 50.0 and summary["attainment"] == pytest.approx(50 / 100)
+    assert summary["p50_ms"] == pytest.approx(50.5) and summary["p99_ms"] > 99
+    assert slo.latency_summary([], 1.0, 50.0)["rps"] == 0.0

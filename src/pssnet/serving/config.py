@@ -23,7 +23,9 @@ class SloConfig:
     # The stretch of the predictions is the errors' quantile: below the median it would shrink them.
     quantile: float = option(0.95, min=0.5, below=1.0,
                              help="share of requests within the target, in [0.5, 1) (default 0.95)")
-    max_batch: int = option(8, min=1, help="most requests per inference batch (default 8)")
+    # A ceiling, not the operating point: the controller picks each batch's size within it.
+    max_batch: int = option(32, min=1, help="most requests per inference batch; the controller picks each batch's "
+                                            "size up to it (default 32)")
     max_wait_ms: float = option(5.0, min=0.0, help="longest a request waits for others to fill its batch (default 5)")
     margin: float = option(0.8, flag=None, above=0.0, max=1.0,
                            help="plan each batch to complete within margin x target")
@@ -42,6 +44,8 @@ class SloConfig:
     error_window: int = option(64, flag=None, min=1, help="batches whose prediction errors give the quantile's stretch")
     rate_window_ms: float = option(2000.0, flag=None, above=0.0, help="arrivals counted for the arrival rate")
     batch_shape: float = option(4.0, flag=None, min=0.0, help="prior: a batch of b costs like (batch_shape + b) images")
+    fill_window: int = option(4, flag=None, min=1,
+                              help="batches whose queue lengths set how many requests a batch waits for")
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -58,13 +62,19 @@ class ServeConfig:
 
     bundle: Union[str, os.PathLike] = option(positional=True, metavar="BUNDLE", help="adaptive.pt written by pssnet eval")
     slo: SloConfig
-    host: str = option("127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    host: str = option("127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; another "
+                                         "address is reachable from other machines and gets a note)")
     port: int = option(8000, min=0, max=65535, help="port (default 8000)")
     fixed: Optional[str] = option(None, metavar="largest|smallest|KEY",
                                   help="pin one subnet (the baseline) instead of adapting")
     threads: Optional[int] = option(None, min=1, help="torch CPU threads for inference (default: torch's)")
     top_k: int = option(5, flag=None, min=1, help="classes in each answer")
     calibration_repeats: int = option(5, flag=None, min=1, help="timed calls per subnet and batch size at start-up")
+    body_timeout_s: float = option(10.0, above=0.0, help="longest a request's body may take to arrive, in seconds; "
+                                                         "slower uploads get 408 (default 10)")
+    max_buffered_mb: float = option(64.0, above=0.0, help="most MiB of request bodies held at once across "
+                                                          "connections; beyond it the oldest unfinished upload "
+                                                          "gets 503 (default 64)")
 
     def __post_init__(self) -> None:
         check_bounds(self)

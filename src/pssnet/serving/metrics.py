@@ -13,7 +13,8 @@ LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.1
 
 
 class ServingMetrics:
-    """Request latency histogram, SLO misses, switches and backlog batches, current subnet's FLOPs and batch sizes."""
+    """Request latency histogram, SLO and deadline misses, refusals and server errors, requests per
+    subnet, switches and backlog batches, current subnet's FLOPs and batch sizes."""
 
     def __init__(self, target_ms: float, max_batch: int, window: int = 2000) -> None:
         self.target_ms = target_ms
@@ -21,10 +22,17 @@ class ServingMetrics:
         r = self.registry
         self.latency = Histogram("pssnet_request_latency_seconds", "Arrival to response of /predict requests",
                                  buckets=LATENCY_BUCKETS_S, registry=r)
-        self.slo_misses = Counter("pssnet_slo_misses", "Requests answered later than the latency target",
-                                  registry=r)
+        self.slo_misses = Counter("pssnet_slo_misses", "Requests without X-Deadline-Ms answered later than the "
+                                  "latency target", registry=r)
+        self.deadline_misses = Counter("pssnet_deadline_misses", "Requests answered later than their own "
+                                       "X-Deadline-Ms", registry=r)
         self.rejected = Counter("pssnet_rejected_requests", "Requests refused with a 4xx status", ["status"],
                                 registry=r)
+        self.server_errors = Counter("pssnet_server_errors", "Requests answered with a 5xx status (500: a failure "
+                                     "of the server; 503: shutting down or too many bodies at once)", ["status"],
+                                     registry=r)
+        self.subnet_requests = Counter("pssnet_subnet_requests", "Requests run on each subnet", ["subnet"],
+                                       registry=r)
         self.switches = Counter("pssnet_subnet_switches", "Changes of the serving subnet (as /status counts them)",
                                 registry=r)
         self.backlog_batches = Counter("pssnet_backlog_batches", "Batches run on a cheaper subnet than the serving "
@@ -39,9 +47,13 @@ class ServingMetrics:
         self._switches_seen = 0  # of the controller's count, already added to the counter
         self._lock = threading.Lock()
 
-    def record_request(self, latency_ms: float) -> None:
+    def record_request(self, latency_ms: float, deadline_ms: Optional[float] = None) -> None:
+        """An answered request: its latency, against its own deadline where it gave one, else the target."""
         self.latency.observe(latency_ms / 1e3)
-        if latency_ms > self.target_ms:
+        if deadline_ms is not None:
+            if latency_ms > deadline_ms:
+                self.deadline_misses.inc()
+        elif latency_ms > self.target_ms:
             self.slo_misses.inc()
         with self._lock:
             self._recent.append(latency_ms)
@@ -54,8 +66,16 @@ class ServingMetrics:
         if backlog:
             self.backlog_batches.inc()
 
-    def record_batch(self, size: int, flops: float, slowdown: float) -> None:
+    def record_status(self, status: int) -> None:
+        """Count a refusal (4xx) or a server error (5xx) of any endpoint."""
+        if 400 <= status < 500:
+            self.rejected.labels(str(status)).inc()
+        elif status >= 500:
+            self.server_errors.labels(str(status)).inc()
+
+    def record_batch(self, size: int, key: str, flops: float, slowdown: float) -> None:
         self.batch_size.observe(size)
+        self.subnet_requests.labels(key).inc(size)
         self.subnet_flops.set(flops)
         self.slowdown.set(slowdown)
 

@@ -15,7 +15,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,39 +68,64 @@ class Preprocessing:
 
     def decode(self, body: bytes, content_type: Optional[str]) -> torch.Tensor:
         """The normalised float tensor ``[C, S, S]`` of a request body."""
+        return self.open(body, content_type).finish()
+
+    def open(self, body: bytes, content_type: Optional[str]) -> "Decoding":
+        """Read a body's header only (image size, array shape), refusing what is over the limits;
+        :meth:`Decoding.finish` then decodes it. The server uses the decoded size, not the body's,
+        to decide where to decode: a 48 KB PNG can hold 4096 x 4096 pixels."""
         if not body:
             raise RequestError(400, "empty body; send a PNG or JPEG image or a .npy array")
         if len(body) > self.max_bytes:
             raise RequestError(413, f"body of {len(body)} bytes is over the limit of {self.max_bytes}")
         kind = _body_type(body, content_type)
         if kind == "application/x-npy":
-            return self._from_array(_load_npy(body))
+            array = _load_npy(body)
+            self._check_array_size(array)
+            return Decoding(int(array.size), lambda: self._from_array(array))
         if self.in_chans not in (1, 3):
             raise RequestError(415, f"this model takes {self.in_chans} input channels; send a .npy array")
-        return self._pixels_to_input(self._decode_image(body, IMAGE_TYPES[kind]))
+        image = self._open_image(body, IMAGE_TYPES[kind])
+        width, height = image.size
+        return Decoding(width * height, lambda: self._pixels_to_input(self._decode_image(image)))
 
-    def _decode_image(self, body: bytes, fmt: str) -> torch.Tensor:
+    def _open_image(self, body: bytes, fmt: str) -> Any:
+        """The PIL image of ``body``, its header read and its pixel count checked, nothing decoded."""
         from PIL import Image, UnidentifiedImageError
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(body), formats=[fmt])
-                width, height = image.size  # from the header, before any pixel is decoded
-                if width * height > self.max_pixels:
-                    raise RequestError(413, f"image of {width}x{height} pixels is over the limit of "
-                                            f"{self.max_pixels} pixels")
-                image = image.convert("L" if self.in_chans == 1 else "RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise RequestError(413, f"image is over the limit of {self.max_pixels} pixels") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise RequestError(400, f"body is not a readable {fmt} image ({type(exc).__name__})") from None
+        width, height = image.size  # from the header, before any pixel is decoded
+        if width * height > self.max_pixels:
+            raise RequestError(413, f"image of {width}x{height} pixels is over the limit of {self.max_pixels} pixels")
+        return image
+
+    def _decode_image(self, image: Any) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = image.convert("L" if self.in_chans == 1 else "RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise RequestError(413, f"image is over the limit of {self.max_pixels} pixels") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RequestError(400, f"body is not a readable {image.format} image ({type(exc).__name__})") from None
         return v2.functional.pil_to_tensor(image)
 
-    def _from_array(self, array: np.ndarray) -> torch.Tensor:
+    def _check_array_size(self, array: np.ndarray) -> None:
         if array.size > self.max_pixels * self.in_chans:
             raise RequestError(413, f"array of {array.size} values is over the limit of "
                                     f"{self.max_pixels * self.in_chans}")
+
+    def _from_array(self, array: np.ndarray) -> torch.Tensor:
+        self._check_array_size(array)
         if array.dtype == np.uint8:
             return self._pixels_to_input(torch.from_numpy(self._channels_first(array)))
         if array.dtype.kind != "f":
@@ -110,10 +135,12 @@ class Preprocessing:
         if array.shape not in expected:
             raise RequestError(400, f"float array of shape {list(array.shape)}: a model input is "
                                     f"{list(expected[0])} (normalised)")
-        if not np.isfinite(array).all():
-            raise RequestError(400, "the array holds NaN or infinite values")
-        # A copy (np.array): the array is a read-only view of the request body.
-        return torch.from_numpy(np.array(array, dtype=np.float32, order="C")).reshape(chans, size, size)
+        # A copy (np.array): the array is a read-only view of the request body. Checked after the
+        # cast: a float64 of 1e300 is finite, and infinite as a float32.
+        values = np.array(array, dtype=np.float32, order="C")
+        if not np.isfinite(values).all():
+            raise RequestError(400, "the array holds NaN or infinite values (as float32)")
+        return torch.from_numpy(values).reshape(chans, size, size)
 
     def _channels_first(self, array: np.ndarray) -> np.ndarray:
         """uint8 pixels ``[H, W]`` (one channel), ``[H, W, C]`` or ``[C, H, W]`` -> ``[C, H, W]``."""
@@ -139,6 +166,19 @@ class Preprocessing:
             pixels = v2.functional.resize(pixels, [size, size], antialias=True)
         scaled = v2.functional.to_dtype(pixels, torch.float32, scale=True)
         return v2.functional.normalize(scaled, list(self.mean), list(self.std)).contiguous()
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A body whose header has been read: its decoded size (pixels, or array values) and how to
+    decode it (:meth:`finish`)."""
+
+    pixels: int
+    decode: Callable[[], torch.Tensor]
+
+    def finish(self) -> torch.Tensor:
+        """The normalised float tensor ``[C, S, S]``."""
+        return self.decode()
 
 
 def _body_type(body: bytes, content_type: Optional[str]) -> str:
@@ -192,6 +232,11 @@ def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     if dtype.hasobject:
         raise RequestError(400, "the .npy array holds Python objects, which are never unpickled here; "
                                 "send numbers")
+    if dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise RequestError(400, f"the .npy array's dtype {dtype.str if dtype.names is None else 'structured'} "
+                                "is not a plain number type; send uint8 pixels or float32 values")
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise RequestError(400, f"the .npy header's shape {tuple(shape)} is not a shape (negative size)")
     return tuple(shape), bool(fortran_order), dtype
 
 

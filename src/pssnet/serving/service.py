@@ -3,19 +3,61 @@ inference worker and metrics, with start (calibrate, then serve) and drain."""
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..deploy import AdaptiveNet
+from ..deploy import AdaptiveNet, RetainedSubnet
+from ..resources import UNITS
 from .batcher import Batcher, Job
 from .config import ServeConfig
-from .controller import SloController
+from .controller import Need, SloController
 from .metrics import ServingMetrics
-from .preprocess import Preprocessing, preprocessing_for
+from .preprocess import Preprocessing, RequestError, preprocessing_for
 from .service_model import subnet_profiles
 from .worker import InferenceWorker
+
+MAX_DEADLINE_MS = 3_600_000.0  # an hour: beyond it, a deadline is not a latency need
+
+
+def parse_deadline(text: str) -> float:
+    """An ``X-Deadline-Ms`` value: milliseconds in (0, MAX_DEADLINE_MS]; else a 400 naming the header."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_DEADLINE_MS:  # also refuses NaN
+        raise RequestError(400, f"X-Deadline-Ms: {text.strip()[:40]!r} is not a deadline; give milliseconds "
+                                f"above 0 and at most {MAX_DEADLINE_MS:.0f}, e.g. X-Deadline-Ms: 30")
+    return value
+
+
+def parse_budget(text: str, subnets: Sequence[RetainedSubnet], kinds: Sequence[str]) -> frozenset[str]:
+    """The keys of the retained subnets within an ``X-Budget`` (``KIND=VALUE[,KIND=VALUE...]``, any
+    kind the bundle's subnets all have); a malformed or unmeetable budget is a 400 naming the header."""
+    example = f"e.g. X-Budget: {kinds[0]}=15" if kinds else "this bundle records no resources"
+    limits: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        kind, sep, raw = (s.strip() for s in part.partition("="))
+        if not sep or kind in limits:
+            raise RequestError(400, f"X-Budget: {part[:40]!r} is not KIND=VALUE (each kind once); {example}")
+        if kind not in kinds:
+            raise RequestError(400, f"X-Budget: unknown resource {kind[:40]!r}; this bundle budgets "
+                                    f"{', '.join(kinds) or 'nothing'}")
+        try:
+            limits[kind] = float(raw)
+        except ValueError:
+            limits[kind] = math.nan
+        if not 0 < limits[kind] < math.inf:
+            raise RequestError(400, f"X-Budget: {kind}={raw[:40]!r} is not a positive number; {example}")
+    allowed = frozenset(r.key for r in subnets if all(r.resources[k] <= v for k, v in limits.items()))
+    if not allowed:
+        least = ", ".join(f"{k}={min(r.resources[k] for r in subnets):.4g} {UNITS[k]}" for k in limits)
+        raise RequestError(400, f"X-Budget: no retained subnet fits {text.strip()[:80]!r} (the least of each: "
+                                f"{least}); raise it")
+    return allowed
 
 
 def resolve_fixed(adaptive: AdaptiveNet, fixed: Optional[str]) -> Optional[str]:
@@ -62,8 +104,18 @@ class ServingService:
         self.worker.start()
         self.started = True
 
-    def submit(self, x: torch.Tensor, arrival: float) -> Job:
-        return self.batcher.submit(x, arrival)
+    def need(self, deadline: Optional[str], budget: Optional[str]) -> Need:
+        """The :class:`Need` of a request's ``X-Deadline-Ms`` and ``X-Budget`` header values (either
+        may be None); a bad value raises a 400 :class:`RequestError` naming its header."""
+        allowed = parse_budget(budget, self.adaptive.subnets, self.adaptive.kinds) if budget is not None else None
+        return Need(parse_deadline(deadline) if deadline is not None else None, allowed)
+
+    def submit(self, x: torch.Tensor, arrival: float, need: Optional[Need] = None) -> Job:
+        return self.batcher.submit(x, arrival, need)
+
+    def drain(self) -> None:
+        """A shutdown has begun: run the queued requests without waiting for batches to fill."""
+        self.batcher.hurry()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Take no new requests, answer the queued ones, stop the worker."""

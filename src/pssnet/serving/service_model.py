@@ -73,6 +73,9 @@ class ServiceModel:
         self._smoothing = config.smoothing
         self._quantile = config.quantile
         self._measured: dict[str, dict[int, float]] = {}
+        # base_ms per (key, batch): it changes only with calibration, and the controller asks for
+        # every batch size of every candidate before each batch.
+        self._base_cache: dict[tuple[str, int], float] = {}
         self._errors: deque[float] = deque(maxlen=config.error_window)
         self._overhead: deque[tuple[float, int]] = deque(maxlen=config.error_window)
         self._ratios: deque[float] = deque(maxlen=3)
@@ -87,6 +90,7 @@ class ServiceModel:
         if key not in self._prior:
             raise KeyError(f"no subnet {key} in the service model")
         self._measured.setdefault(key, {})[int(batch)] = float(ms)
+        self._base_cache.clear()
 
     def _interpolated_ms(self, key: str, batch: int) -> float:
         points = self._measured[key]
@@ -117,6 +121,12 @@ class ServiceModel:
         """Service time without slow-down, run at :meth:`run_size`: measured points interpolated in
         the batch size (beyond them, scaled like the prior); unmeasured subnets: prior x the
         measured/prior median."""
+        cached = self._base_cache.get((key, batch))
+        if cached is None:
+            cached = self._base_cache[(key, batch)] = self._base_ms(key, batch)
+        return cached
+
+    def _base_ms(self, key: str, batch: int) -> float:
         points = self._measured.get(key)
         if not points:
             ratios = [ms / self.prior_ms(k, b) for k, points_k in sorted(self._measured.items())

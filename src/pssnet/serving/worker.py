@@ -19,6 +19,10 @@ from .controller import SloController
 from .metrics import ServingMetrics
 
 
+class NonFiniteOutput(ArithmeticError):
+    """The model gave NaN or infinite outputs for a request (answered 500, counted)."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The answer to one request: class probabilities, serving subnet and its times (ms)."""
@@ -82,13 +86,19 @@ class InferenceWorker:
         self._process_mark = time.process_time()
         self._cpu_accounting = torch.get_num_threads() == 1
         while (pending := self.batcher.next_batch()) is not None:
+            waiting = pending.waiting
+            needs = [job.need for job in waiting]
             with self.lock:
                 now = 1e3 * self.clock()
-                self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals])
-                decision = self.controller.choose(now, [1e3 * job.arrival for job in pending.waiting])
+                self.controller.note_arrivals([1e3 * t for t in pending.new_arrivals], pending.new_needs)
+                decision = self.controller.choose(now, [1e3 * job.arrival for job in waiting],
+                                                  needs if any(needs) else None)
                 serving, switches = self.controller.current, self.controller.switches
+                fill = self.controller.fill_size()
+            self.batcher.set_fill(fill)
+            # A batch on another subnet than the serving one: a backlog's, or a request's own need.
             self.metrics.record_decision(switches, backlog=decision.key != serving)
-            self._run(self.batcher.take(decision.batch), decision.key)
+            self._run(self.batcher.take(decision.members), decision.key)
 
     def _run(self, jobs: list[Job], key: str) -> None:
         # Requests whose client went away (future cancelled) are dropped; the rest can no longer be cancelled.
@@ -109,6 +119,9 @@ class InferenceWorker:
                 logits = self.adaptive(x)
             done, own1, process1 = self.clock(), time.thread_time(), time.process_time()
             probabilities = torch.softmax(logits[:len(jobs)].float(), dim=1)
+            finite = torch.isfinite(probabilities)
+            # one reduction in the common case; per row only when something is not finite
+            finite = [True] * len(jobs) if bool(finite.all()) else finite.all(dim=1).tolist()
         except Exception as exc:  # a failed batch fails its requests, not the server
             for job in jobs:
                 job.future.set_exception(exc)
@@ -127,6 +140,9 @@ class InferenceWorker:
             else:
                 self.controller.observe(key, len(jobs), service_ms)
             slowdown = self.controller.slowdown
-        self.metrics.record_batch(len(jobs), retained.resources.get("flops", 0.0), slowdown)
-        for job, row in zip(jobs, probabilities.tolist()):
-            job.future.set_result(Prediction(row, key, 1e3 * (start - job.arrival), service_ms))
+        self.metrics.record_batch(len(jobs), key, retained.resources.get("flops", 0.0), slowdown)
+        for job, row, ok in zip(jobs, probabilities.tolist(), finite):
+            if ok:
+                job.future.set_result(Prediction(row, key, 1e3 * (start - job.arrival), service_ms))
+            else:  # never an answer with NaN in it (not JSON, and not a prediction)
+                job.future.set_exception(NonFiniteOutput(f"subnet {key} gave non-finite probabilities"))
