@@ -60,7 +60,8 @@ class SloConfig:
 class ServeConfig:
     """What ``pssnet serve`` was asked for (each field declares its flag and bounds)."""
 
-    bundle: Union[str, os.PathLike] = option(positional=True, metavar="BUNDLE", help="adaptive.pt or adaptive/ (a Hub folder) written by pssnet eval")
+    bundle: Union[str, os.PathLike] = option(positional=True, metavar="BUNDLE",
+                                             help="adaptive.pt or adaptive/ (a Hub folder) written by pssnet eval")
     slo: SloConfig
     host: str = option("127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; another "
                                          "address is reachable from other machines and gets a note)")
