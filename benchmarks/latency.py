@@ -93,6 +93,15 @@ def _evaluation_subnets(net, count: int, seed: int, exclude: set) -> list:
     return subnets
 
 
+def _within_bar(arch: str, ceiling: dict) -> str:
+    """The issue's bar for the share within +-10 %: 0.95 (ResNet-50: 0.90), or the split-half
+    agreement minus 10 points where the machine's own agreement is below that."""
+    bar = 0.90 if arch == "resnet50" else 0.95
+    if ceiling["within_10pct"] >= bar:
+        return f">= {bar:.2f}"
+    return f">= {ceiling['within_10pct'] - 0.10:.2f} (ceiling - 0.10)"
+
+
 def _drift(table: LatencyTable, samples: dict[str, np.ndarray]) -> float:
     """How much slower (+) or faster (-) the machine ran the table's own re-timed subnets now than
     while building (median ratio - 1): the share of the error that is the machine changing pace."""
@@ -159,15 +168,15 @@ def main() -> None:
         # Secondary: the same predictions scaled by the measured drift (the machine's change of pace).
         steady = agreement(predicted * (1 + drift), measured) if np.isfinite(drift) else {}
         results.update({f"{k}_{method}_drift_corrected": v for k, v in steady.items() if k != "spearman"})
-        results.update({f"drift_pct_{method}": drift * 100, f"build_seconds_{method}": seconds, f"entries_measured_{method}": len(table),
+        results.update({f"drift_pct_{method}": drift * 100, f"build_seconds_{method}": seconds,
+                        f"entries_measured_{method}": len(table),
                         f"space_entries_{method}": table.build.get("space_entries"),
                         f"subnets_timed_{method}": len(table.timings), f"correction_{method}": table.correction.form,
                         f"heldout_e2e_mape_{method}": heldout.get("mape"),
                         f"heldout_e2e_within_10pct_{method}": heldout.get("within_10pct")})
-        bar = 0.90 if args.arch == "resnet50" else 0.95
-        rows += [(f"within_10pct_{method}", f"{scores['within_10pct']:.3f}",
-                  f">= min({bar:.2f}, ceiling - 0.10)"),
-                 (f"spearman_{method}", f"{scores['spearman']:.3f}", ">= min(0.95, ceiling)"),
+        rows += [(f"within_10pct_{method}", f"{scores['within_10pct']:.3f}", _within_bar(args.arch, ceiling)),
+                 (f"spearman_{method}", f"{scores['spearman']:.3f}",
+                  f">= {min(0.95, ceiling['spearman']):.3f} (min(0.95, ceiling))"),
                  (f"mape_{method}", f"{scores['mape']:.2f} %", ""),
                  (f"bias_pct_{method}", f"{scores['bias_pct']:+.2f} %", "predicted vs measured"),
                  (f"drift_pct_{method}", f"{drift * 100:+.2f} %", "its own subnets now vs while building"),
