@@ -234,15 +234,20 @@ def test_ranks_get_their_own_torch_seeds_and_augmentation_seeds():
 
 
 def test_stop_signals_second_signal_aborts_and_handlers_are_restored():
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        with StopSignals() as signals:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            assert signals.signum == signal.SIGINT  # the first one only asks to stop
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-    assert signal.getsignal(signal.SIGINT) is before
+    # Python's own Ctrl-C handler as the one to restore: a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and then a second Ctrl-C is ignored too.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with StopSignals() as signals:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                assert signals.signum == signal.SIGINT  # the first one only asks to stop
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
