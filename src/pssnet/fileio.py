@@ -125,6 +125,10 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def output_dir(path: PathLike | None, flag: str = "--out") -> Path:
     """``path`` as the directory to write into, or a :class:`UserError` naming ``flag`` when it is
     missing or names something that is not a directory."""

@@ -17,7 +17,7 @@ import torch
 from .. import schema
 from ..calibration import bn_layers
 from ..constraints import KINDS, Constraint
-from ..errors import UserError
+from ..errors import UserError, exception_line
 from ..fileio import load_plain, save_atomic
 from ..layout import canonicalize
 from ..run_record import RunRecord
@@ -133,7 +133,7 @@ def unpack_bundle(bundle: Mapping[str, Any], source: str = "the bundle") -> Bund
     except FieldError as exc:
         message = str(exc)
     except (KeyError, TypeError, RuntimeError) as exc:  # e.g. weights that do not fit the model
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        message = exception_line(exc)
     raise damaged(source, message)
 
 

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import torch
 
-from ..errors import UserError
-from ..fileio import atomic_write, load_plain, make_dirs, save_atomic, write_text_atomic
+from ..errors import UserError, exception_line
+from ..fileio import atomic_write, load_plain, make_dirs, save_atomic, write_bytes_atomic, write_text_atomic
 from ..space import Subnet
 from ..supernet import StaticSubnet, Supernet, extract_subnet
 from ..supernet_config import SupernetConfig
-from .hub import write_bytes_atomic
 
 if TYPE_CHECKING:
     from .adaptive import AdaptiveNet
@@ -84,7 +83,7 @@ def _onnx_program(static: StaticSubnet, example: torch.Tensor) -> Any:
             return torch.onnx.export(static, (example,), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False,
                                      **names)
         except Exception as exc:  # the exporter's many failure types; the older exporter may still work
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            reason = exception_line(exc)
     print(f"note: the dynamo-based ONNX exporter failed ({reason}); used the TorchScript-based one",
           file=sys.stderr)
     return _TorchScriptOnnx(static, example, names)

@@ -20,8 +20,8 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 
-from ..errors import UserError
-from ..fileio import atomic_write, make_dirs, output_dir, write_text_atomic
+from ..errors import UserError, exception_line
+from ..fileio import make_dirs, output_dir, write_bytes_atomic, write_text_atomic
 from ..schema import FieldError
 from .bundle import BUNDLE_FORMAT, damaged
 from .bundle_checks import check_tensor_shapes, expected_state_shapes, model_config
@@ -107,11 +107,6 @@ def _plain_number(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def write_bytes_atomic(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`pssnet.fileio.atomic_write`)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 def _writable_folder(directory: Union[str, os.PathLike], flag: str) -> Path:
     """``directory``, created if need be; one holding files of its own is refused (a Hub
     folder, or a clone of a Hub repository with only ``.git`` entries besides, is replaced)."""
@@ -150,7 +145,7 @@ def load_folder(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     except FieldError as exc:
         raise damaged(source, str(exc)) from None
     except Exception as exc:  # safetensors' own error for a damaged file (a Rust-side exception type)
-        raise damaged(source, f"{WEIGHTS_NAME} is unreadable: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise damaged(source, f"{WEIGHTS_NAME} is unreadable: {exception_line(exc, 160)}") from None
     return _bundle_of(config, tensors)
 
 
@@ -166,7 +161,7 @@ def read_folder_config(directory: Path) -> dict[str, Any]:
             raise ValueError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB")
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UserError(f"cannot read {path} ({type(exc).__name__}: {_first_line(exc)}); {hint}") from None
+        raise UserError(f"cannot read {path} ({exception_line(exc, 160)}); {hint}") from None
     found = config.get("format") if isinstance(config, dict) else None
     if found != FOLDER_FORMAT:
         newer = isinstance(found, str) and found.startswith(FOLDER_FORMAT.split("/")[0] + "/")
@@ -217,11 +212,6 @@ def _bundle_of(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -
     return bundle
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:160] if text else ""
-
-
 # ---------------------------------------------------------------- the Hub (network)
 
 
@@ -241,7 +231,7 @@ def download_snapshot(repo_id: str, **kwargs: Any) -> Path:
         folder = hub.snapshot_download(repo_id=repo_id, allow_patterns=list(FOLDER_FILES), **kwargs)
     except Exception as exc:  # huggingface_hub's errors: not found, no network, bad id, gated, ...
         raise UserError(f"'{repo_id}' is no local folder or file, and it could not be fetched from the "
-                        f"Hugging Face Hub ({type(exc).__name__}: {_first_line(exc)})") from None
+                        f"Hugging Face Hub ({exception_line(exc, 160)})") from None
     return Path(folder)
 
 
